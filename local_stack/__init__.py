@@ -1,0 +1,1 @@
+"""Run the whole stack on this machine: local Triton plus the gateway under gunicorn (`make run`)."""

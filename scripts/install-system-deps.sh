@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the test suite runs for real, once:
+#   prometheus      promtool checks deploy/prometheus.yml; a real Prometheus scrapes Triton and the gateway
+#   docker-compose  parses and normalizes docker-compose.yml (`config` needs no Docker engine)
+# Quick when they are already there. Needs root or sudo; otherwise it says what to install.
+set -euo pipefail
+
+need=()
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+  sudo=(sudo)
+else
+  echo "Missing Debian packages: ${need[*]}. Install them as root: apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+
+echo "Installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+# A policy-rc.d that answers 101 keeps the package's postinst from starting a prometheus
+# daemon on port 9090: the tests start their own Prometheus on a free port.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+  "${sudo[@]}" chmod +x "$policy"
+  trap '"${sudo[@]}" rm -f "$policy"' EXIT
+fi
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
