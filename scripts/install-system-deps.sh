@@ -2,12 +2,14 @@
 # Installs the Debian packages that the test suite runs for real, once:
 #   prometheus      promtool checks deploy/prometheus.yml; a real Prometheus scrapes Triton and the gateway
 #   docker-compose  parses and normalizes docker-compose.yml (`config` needs no Docker engine)
+#   curl            the command of the compose file's Triton health check, run for real
 # Quick when they are already there. Needs root or sudo; otherwise it says what to install.
 set -euo pipefail
 
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then
