@@ -1,0 +1,215 @@
+"""The classification service in KServe's shape: load, ready, preprocess, predict, postprocess.
+
+Model facts (interface + preprocessing) are cached per model for a short TTL and
+refreshed as soon as an answer comes from a version other than the cached one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateway.backend import FloatArray, InferenceBackend, ModelSpec
+from gateway.errors import GatewayError, ModelMisconfigured, UpstreamError
+from gateway.images import BeforeLoad, ImageLimits, load_rgb
+from gateway.labels import LabelStore
+from gateway.preprocess import PreprocessSpec, preprocess
+
+log = logging.getLogger("gateway.classifier")
+MAX_TOP_K = 20
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model's Triton interface with its parsed preprocessing."""
+
+    spec: ModelSpec
+    preprocessing: PreprocessSpec
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class: its name and confidence in percent."""
+
+    label: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The answer to one image: top-k predictions and which model version produced them."""
+
+    model: str
+    version: str
+    predictions: list[Prediction]
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each stage of one request (for logs and metrics)."""
+
+    decode_s: float = 0.0
+    preprocess_s: float = 0.0
+    triton_s: float = 0.0
+
+
+class Classifier:
+    """Turns image bytes into top-k labels through an InferenceBackend."""
+
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        labels: LabelStore,
+        *,
+        default_model: str,
+        limits: ImageLimits,
+        cache_ttl_s: float,
+        before_load: BeforeLoad | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.labels = labels
+        self.default_model = default_model
+        self.limits = limits
+        self.before_load = before_load  # seam for Pillow's JPEG draft mode
+        self._ttl_s = cache_ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._models: dict[tuple[str, str], tuple[float, ServedModel]] = {}
+        self._known: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Warm the default model's facts; False (logged) when Triton is not there yet."""
+        try:
+            self.model(self.default_model, None)
+        except GatewayError as exc:
+            log.warning("default model %s not available yet: %s", self.default_model, exc.message)
+            return False
+        return True
+
+    def ready(self) -> bool:
+        """True when the backend is reachable and the default model is ready."""
+        return self.backend.is_ready(self.default_model)
+
+    def is_known_model(self, name: str) -> bool:
+        """True for models this process has seen served (safe as a metrics label)."""
+        return name in self._known
+
+    # -- model facts -----------------------------------------------------------------
+
+    def model(self, name: str, version: str | None, *, refresh: bool = False) -> ServedModel:
+        """The cached facts of ``name`` (at ``version``, or as served by default)."""
+        key = (name, version or "")
+        now = self._clock()
+        cached = self._models.get(key)
+        if cached is not None and cached[0] > now and not refresh:
+            return cached[1]
+        spec = self.backend.model_spec(name, version)
+        served = ServedModel(spec, PreprocessSpec.from_parameters(spec.parameters, name))
+        _check_interface(served)
+        with self._lock:
+            self._models[key] = (now + self._ttl_s, served)
+            self._known.add(name)
+        return served
+
+    # -- the stages --------------------------------------------------------------------
+
+    def preprocess(self, data: bytes, model: ServedModel, timings: Timings) -> FloatArray:
+        """Decode ``data`` and return the batch tensor the model's input expects."""
+        started = time.perf_counter()
+        image = load_rgb(data, self.limits, self.before_load)
+        decoded = time.perf_counter()
+        tensor = preprocess(image, model.preprocessing)
+        if model.spec.channels_last:
+            tensor = np.ascontiguousarray(tensor.transpose(1, 2, 0))
+        batch = tensor[np.newaxis] if model.spec.batched else tensor
+        timings.decode_s += decoded - started
+        timings.preprocess_s += time.perf_counter() - decoded
+        return batch
+
+    def predict(
+        self, batch: FloatArray, model: ServedModel, version: str | None, timings: Timings
+    ) -> tuple[FloatArray, str]:
+        """Run the batch on Triton; return the logits and the version that answered."""
+        started = time.perf_counter()
+        try:
+            output = self.backend.infer(model.spec, batch, version)
+        finally:
+            timings.triton_s += time.perf_counter() - started
+        logits = np.asarray(output.values).reshape(-1)
+        return logits, output.model_version
+
+    def postprocess(
+        self, logits: FloatArray, model: str, version: str, top_k: int
+    ) -> list[Prediction]:
+        """Softmax, top-k and class names of the answering version."""
+        names = self.labels.get(model, version)
+        if len(names) != logits.size:
+            log.error(
+                "label count mismatch for %s version %s: %d labels, %d outputs",
+                model,
+                version,
+                len(names),
+                logits.size,
+            )
+            raise ModelMisconfigured(
+                f"Model {model!r} version {version} has {logits.size} outputs but "
+                f"{len(names)} class names."
+            )
+        probabilities = softmax(logits)
+        return [
+            Prediction(label=names[i], confidence=round(float(probabilities[i]) * 100.0, 2))
+            for i in top_k_indices(probabilities, top_k)
+        ]
+
+    def classify(
+        self, data: bytes, name: str, version: str | None, top_k: int, timings: Timings
+    ) -> Classification:
+        """The whole path: model facts, preprocess, predict, postprocess."""
+        model = self.model(name, version)
+        batch = self.preprocess(data, model, timings)
+        logits, answered = self.predict(batch, model, version, timings)
+        if version is None and answered != model.spec.version:
+            # A new version is being served: refresh the cached facts, and if its
+            # preprocessing differs from what this image got, run it again, pinned.
+            fresh = self.model(name, None, refresh=True)
+            if fresh.spec.version == answered and fresh.preprocessing != model.preprocessing:
+                batch = self.preprocess(data, fresh, timings)
+                logits, answered = self.predict(batch, fresh, answered, timings)
+        return Classification(name, answered, self.postprocess(logits, name, answered, top_k))
+
+
+def _check_interface(model: ServedModel) -> None:
+    crop = model.preprocessing.crop_size
+    expected = (crop, crop, 3) if model.spec.channels_last else (3, crop, crop)
+    dims = model.spec.input.dims
+    if len(dims) != 3 or any(d not in (e, -1) for d, e in zip(dims, expected, strict=True)):
+        raise ModelMisconfigured(
+            f"Model {model.spec.name!r} input dims {list(dims)} do not match the "
+            f"preprocessing crop {crop} (expected {list(expected)})."
+        )
+
+
+def softmax(logits: FloatArray) -> FloatArray:
+    """Numerically stable softmax in float64 (raises UpstreamError on non-finite logits)."""
+    values = np.asarray(logits, dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise UpstreamError("The model produced no usable output for this image.")
+    exponentials = np.exp(values - values.max())
+    probabilities: FloatArray = exponentials / exponentials.sum()
+    return probabilities
+
+
+def top_k_indices(probabilities: FloatArray, k: int) -> list[int]:
+    """Indices of the ``k`` largest values, largest first (ties: lower index first)."""
+    k = min(k, probabilities.size)
+    candidates = np.argpartition(-probabilities, k - 1)[:k]
+    order = np.lexsort((candidates, -probabilities[candidates]))
+    return [int(i) for i in candidates[order]]

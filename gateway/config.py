@@ -1,0 +1,191 @@
+"""Gateway settings: read once from ``GATEWAY_*`` environment variables and validated at start-up.
+
+Every setting has a default except the API keys, which must be configured while
+authentication is on (the default): a gateway that silently accepts everyone is a
+worse failure than one that refuses to start.
+
+==============================  ==========================================================
+GATEWAY_TRITON_URL              Triton gRPC host:port (127.0.0.1:8001)
+GATEWAY_DEFAULT_MODEL           model used when a request names none (resnet50)
+GATEWAY_MODEL_REPOSITORY        the repository directory, read-only, for labels.txt
+                                (model_repository)
+GATEWAY_API_KEYS                comma-separated API keys
+GATEWAY_API_KEYS_FILE           file with one key a line, ``#`` comments
+GATEWAY_AUTH                    on/off (on); off only for local development
+GATEWAY_CORS_ORIGINS            comma-separated allowed origins (none)
+GATEWAY_MAX_BODY_BYTES          request body and decoded image limit (10 MiB)
+GATEWAY_MAX_PIXELS              width x height limit, checked before decoding (40 000 000)
+GATEWAY_TRITON_TIMEOUT_S        timeout of every Triton call (10)
+GATEWAY_READY_TIMEOUT_S         timeout of the /ready checks (2)
+GATEWAY_MODEL_CACHE_TTL_S       how long model facts are cached (30)
+GATEWAY_DEFAULT_TOP_K           predictions returned when top_k is absent (5)
+GATEWAY_LOG_LEVEL               DEBUG/INFO/WARNING/ERROR/CRITICAL (INFO)
+==============================  ==========================================================
+
+gunicorn's own settings (GATEWAY_BIND, GATEWAY_WORKERS, ...) are read by gateway/gunicorn.conf.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "GATEWAY_"
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable and what is expected."""
+
+
+def is_valid_model_name(name: str) -> bool:
+    """Return True when ``name`` is a safe Triton model name (also safe as a path component)."""
+    return bool(_MODEL_NAME.fullmatch(name)) and ".." not in name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated gateway configuration (see ``from_env`` for the variables)."""
+
+    triton_url: str = "127.0.0.1:8001"
+    default_model: str = "resnet50"
+    model_repository: Path = Path("model_repository")
+    auth_enabled: bool = True
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_pixels: int = 40_000_000
+    triton_timeout_s: float = 10.0
+    ready_timeout_s: float = 2.0
+    model_cache_ttl_s: float = 30.0
+    default_top_k: int = 5
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from ``GATEWAY_*`` variables, raising ConfigError with a clear message."""
+        env = _Env(environ)
+        auth_enabled = env.boolean("AUTH", True)
+        api_keys = _read_api_keys(env)
+        if auth_enabled and not api_keys:
+            raise ConfigError(
+                "authentication is on but no API key is configured: set GATEWAY_API_KEYS "
+                "(comma-separated) or GATEWAY_API_KEYS_FILE (one key a line), "
+                "or GATEWAY_AUTH=off for local development only"
+            )
+        default_model = env.text("DEFAULT_MODEL", cls.default_model)
+        if not is_valid_model_name(default_model):
+            raise ConfigError(f"GATEWAY_DEFAULT_MODEL={default_model!r} is not a valid model name")
+        triton_url = env.text("TRITON_URL", cls.triton_url)
+        match = _HOST_PORT.fullmatch(triton_url)
+        if match is None or not 0 < int(match.group(1)) < 65536:
+            raise ConfigError(
+                f"GATEWAY_TRITON_URL={triton_url!r} must be a gRPC host:port such as 127.0.0.1:8001"
+            )
+        log_level = env.text("LOG_LEVEL", cls.log_level).upper()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(f"GATEWAY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return cls(
+            triton_url=triton_url,
+            default_model=default_model,
+            model_repository=Path(env.text("MODEL_REPOSITORY", str(cls.model_repository))),
+            auth_enabled=auth_enabled,
+            api_keys=api_keys,
+            cors_origins=_read_origins(env),
+            max_body_bytes=env.integer("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
+            max_pixels=env.integer("MAX_PIXELS", cls.max_pixels, minimum=1),
+            triton_timeout_s=env.number("TRITON_TIMEOUT_S", cls.triton_timeout_s, maximum=600),
+            ready_timeout_s=env.number("READY_TIMEOUT_S", cls.ready_timeout_s, maximum=60),
+            model_cache_ttl_s=env.number("MODEL_CACHE_TTL_S", cls.model_cache_ttl_s, maximum=3600),
+            default_top_k=env.integer("DEFAULT_TOP_K", cls.default_top_k, minimum=1, maximum=20),
+            log_level=log_level,
+        )
+
+
+class _Env:
+    """Typed access to ``GATEWAY_*`` variables with error messages that name the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self._environ.get(PREFIX + name)
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{PREFIX}{name}={value!r} must be on/off (or true/false, 1/0)")
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name}={value!r} must be an integer") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ConfigError(f"{PREFIX}{name}={number} must be at least {minimum}{upper}")
+        return number
+
+    def number(self, name: str, default: float, *, maximum: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name}={value!r} must be a number of seconds") from None
+        if not 0 < number <= maximum:  # also rejects NaN
+            raise ConfigError(f"{PREFIX}{name}={value!r} must be above 0 and at most {maximum}")
+        return number
+
+
+def _read_api_keys(env: _Env) -> tuple[str, ...]:
+    keys = [key.strip() for key in (env.raw("API_KEYS") or "").split(",")]
+    path = env.raw("API_KEYS_FILE")
+    if path is not None:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"GATEWAY_API_KEYS_FILE={path!r} cannot be read: {exc}") from None
+        keys.extend(line.strip() for line in lines if not line.lstrip().startswith("#"))
+    unique = tuple(dict.fromkeys(key for key in keys if key))
+    for key in unique:
+        # Keys travel in HTTP headers: anything outside visible ASCII could never match.
+        if not all(33 <= ord(char) <= 126 for char in key):
+            raise ConfigError(
+                "an API key contains whitespace or non-ASCII characters (key not shown)"
+            )
+    return unique
+
+
+def _read_origins(env: _Env) -> tuple[str, ...]:
+    origins = tuple(
+        o.strip().rstrip("/") for o in (env.raw("CORS_ORIGINS") or "").split(",") if o.strip()
+    )
+    for origin in origins:
+        if origin == "*" or not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?", origin):
+            raise ConfigError(
+                f"GATEWAY_CORS_ORIGINS entry {origin!r} must be an origin like https://app.example.com"
+            )
+    return origins

@@ -1,0 +1,86 @@
+"""Class names from the model repository.
+
+Read from ``<repo>/<name>/<version>/labels.txt``, else ``<repo>/<name>/labels.txt``.
+
+Labels follow the version that answered, so a hot swap to a version (or model) with
+other classes changes the answers' names without restarting the gateway. Entries are
+cached per (name, version) and revalidated with one ``stat`` per lookup, so a file
+rewritten in place is picked up too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from gateway.config import is_valid_model_name
+from gateway.errors import ModelMisconfigured
+
+log = logging.getLogger("gateway.labels")
+LABEL_FILE = "labels.txt"
+_MAX_CACHED = 256
+
+
+class LabelStore:
+    """Reads and caches each model version's label file from the repository directory."""
+
+    def __init__(self, repository: Path) -> None:
+        self._repository = repository
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], tuple[tuple[int, int, int], tuple[str, ...]]] = {}
+
+    def get(self, name: str, version: str) -> tuple[str, ...]:
+        """Class names of ``name`` at ``version`` (raises ModelMisconfigured when missing)."""
+        path = self._locate(name, version)
+        try:
+            stat = path.stat()
+        except OSError:
+            log.error("label file %s disappeared", path)
+            raise _missing(name, version) from None
+        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        key = (name, version)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        labels = _read(path, name, version)
+        with self._lock:
+            if len(self._cache) >= _MAX_CACHED:
+                self._cache.clear()
+            self._cache[key] = (signature, labels)
+        return labels
+
+    def _locate(self, name: str, version: str) -> Path:
+        # Both parts come from Triton's answer, but they also become path components here.
+        if not is_valid_model_name(name) or not version.isdigit():
+            raise ModelMisconfigured(
+                f"Cannot look up labels for model {name!r} version {version!r}."
+            )
+        model_dir = self._repository / name
+        for candidate in (model_dir / version / LABEL_FILE, model_dir / LABEL_FILE):
+            if candidate.is_file():
+                return candidate
+        log.error(
+            "no %s for model %s version %s under %s (is GATEWAY_MODEL_REPOSITORY right?)",
+            LABEL_FILE,
+            name,
+            version,
+            os.fspath(model_dir),
+        )
+        raise _missing(name, version)
+
+
+def _read(path: Path, name: str, version: str) -> tuple[str, ...]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        log.error("cannot read %s: %s", path, exc)
+        raise _missing(name, version) from None
+    return tuple(line.strip() for line in text.splitlines())
+
+
+def _missing(name: str, version: str) -> ModelMisconfigured:
+    return ModelMisconfigured(
+        f"The class names of model {name!r} version {version} are not available."
+    )

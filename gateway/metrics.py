@@ -1,0 +1,102 @@
+"""Prometheus metrics, correct under several gunicorn workers.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (before prometheus_client is imported: the
+gunicorn config does it), every worker writes its values to files there and
+``/metrics`` aggregates them; gunicorn's ``child_exit`` hook marks dead workers.
+Without it (one process: the Flask dev server, tests) each app gets its own registry.
+Labels never carry API keys, and the model label is only set for models the
+gateway has seen served, so user-chosen names cannot explode cardinality.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OTHER_MODEL = "other"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class GatewayMetrics:
+    """The gateway's metric families and their exposition."""
+
+    def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        if self.multiprocess_dir:
+            registry = None  # values live in files; exposition collects them per scrape
+        else:
+            self._registry = CollectorRegistry()
+            ProcessCollector(registry=self._registry)
+            PlatformCollector(registry=self._registry)
+            GCCollector(registry=self._registry)
+            registry = self._registry
+        self.requests = Counter(
+            "gateway_requests_total",
+            "HTTP requests answered, by route, status and model.",
+            ["route", "method", "status", "model"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "gateway_request_duration_seconds",
+            "Time to answer a request, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.decode_seconds = Histogram(
+            "gateway_decode_duration_seconds",
+            "Time decoding an image (base64 excluded).",
+            ["model"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.preprocess_seconds = Histogram(
+            "gateway_preprocess_duration_seconds",
+            "Time resizing, cropping and normalising.",
+            ["model"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.triton_seconds = Histogram(
+            "gateway_triton_duration_seconds",
+            "Time in the Triton inference call.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Requests being processed.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition of every metric (summed over workers in multiprocess mode)."""
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                registry, path=self.multiprocess_dir
+            )
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (called from gunicorn's child_exit hook)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,126 @@
+"""Settings.from_env: defaults, validation, API keys from env and file; create_app refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import DEFAULT_MAX_BODY_BYTES, ConfigError, Settings
+from tests.fixtures.gateway import MakeApp
+
+KEYS = {"GATEWAY_API_KEYS": "k1"}
+
+
+def test_defaults_need_only_an_api_key() -> None:
+    """With one key configured, every other setting has the documented default."""
+    settings = Settings.from_env(KEYS)
+    assert settings.triton_url == "127.0.0.1:8001"
+    assert settings.default_model == "resnet50"
+    assert settings.model_repository == Path("model_repository")
+    assert settings.auth_enabled is True
+    assert settings.api_keys == ("k1",)
+    assert settings.cors_origins == ()
+    assert settings.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 10 * 1024 * 1024
+    assert settings.max_pixels == 40_000_000
+    assert settings.triton_timeout_s == 10.0
+    assert settings.log_level == "INFO"
+
+
+def test_settings_are_frozen_and_hide_keys_in_repr() -> None:
+    """Settings cannot be mutated after start-up, and repr() does not print keys."""
+    settings = Settings.from_env({"GATEWAY_API_KEYS": "super-secret"})
+    with pytest.raises(AttributeError):
+        settings.default_model = "other"  # type: ignore[misc]
+    assert "super-secret" not in repr(settings)
+
+
+def test_auth_on_without_keys_refuses_with_a_clear_message() -> None:
+    """Auth is on by default; no key configured is a start-up error that says what to do."""
+    with pytest.raises(ConfigError, match="GATEWAY_API_KEYS") as info:
+        Settings.from_env({})
+    assert "GATEWAY_AUTH=off" in str(info.value)
+
+
+def test_auth_off_needs_no_keys() -> None:
+    """GATEWAY_AUTH=off (local development) starts without keys."""
+    assert Settings.from_env({"GATEWAY_AUTH": "off"}).auth_enabled is False
+
+
+def test_several_keys_from_env_and_file(tmp_path: Path) -> None:
+    """Keys come comma-separated from the env and one a line from a file (# comments, blanks)."""
+    key_file = tmp_path / "keys"
+    key_file.write_text("# production keys\nfile-key-1\n\n   file-key-2  \n# old-key\nk2\n")
+    settings = Settings.from_env(
+        {"GATEWAY_API_KEYS": " k1, k2 ,,", "GATEWAY_API_KEYS_FILE": str(key_file)}
+    )
+    assert settings.api_keys == ("k1", "k2", "file-key-1", "file-key-2")
+
+
+def test_unreadable_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A missing key file names the variable."""
+    with pytest.raises(ConfigError, match="GATEWAY_API_KEYS_FILE"):
+        Settings.from_env({"GATEWAY_API_KEYS_FILE": str(tmp_path / "missing")})
+
+
+def test_key_with_whitespace_inside_is_rejected_without_showing_it() -> None:
+    """A key that could never arrive in a header is a configuration error; the key is not echoed."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"GATEWAY_API_KEYS": "bad key"})
+    assert "bad key" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("GATEWAY_TRITON_URL", "http://triton:8001", "GATEWAY_TRITON_URL"),
+        ("GATEWAY_TRITON_URL", "triton", "GATEWAY_TRITON_URL"),
+        ("GATEWAY_TRITON_URL", "triton:99999", "GATEWAY_TRITON_URL"),
+        ("GATEWAY_DEFAULT_MODEL", "../etc", "GATEWAY_DEFAULT_MODEL"),
+        ("GATEWAY_AUTH", "maybe", "GATEWAY_AUTH"),
+        ("GATEWAY_MAX_BODY_BYTES", "ten", "GATEWAY_MAX_BODY_BYTES"),
+        ("GATEWAY_MAX_BODY_BYTES", "10", "GATEWAY_MAX_BODY_BYTES"),
+        ("GATEWAY_MAX_PIXELS", "0", "GATEWAY_MAX_PIXELS"),
+        ("GATEWAY_TRITON_TIMEOUT_S", "0", "GATEWAY_TRITON_TIMEOUT_S"),
+        ("GATEWAY_TRITON_TIMEOUT_S", "nan", "GATEWAY_TRITON_TIMEOUT_S"),
+        ("GATEWAY_TRITON_TIMEOUT_S", "soon", "GATEWAY_TRITON_TIMEOUT_S"),
+        ("GATEWAY_LOG_LEVEL", "LOUD", "GATEWAY_LOG_LEVEL"),
+        ("GATEWAY_CORS_ORIGINS", "*", "GATEWAY_CORS_ORIGINS"),
+        ("GATEWAY_CORS_ORIGINS", "example.com", "GATEWAY_CORS_ORIGINS"),
+        ("GATEWAY_DEFAULT_TOP_K", "21", "GATEWAY_DEFAULT_TOP_K"),
+    ],
+)
+def test_invalid_values_name_the_variable(name: str, value: str, fragment: str) -> None:
+    """Every invalid setting fails at start-up with a message naming the variable."""
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env({**KEYS, name: value})
+
+
+def test_valid_overrides_are_parsed() -> None:
+    """Typed values, origins and case-insensitive booleans are read."""
+    settings = Settings.from_env(
+        {
+            **KEYS,
+            "GATEWAY_TRITON_URL": "triton:8001",
+            "GATEWAY_DEFAULT_MODEL": "efficientnet_lite0",
+            "GATEWAY_AUTH": "ON",
+            "GATEWAY_CORS_ORIGINS": "https://app.example.com, http://localhost:3000/",
+            "GATEWAY_MAX_BODY_BYTES": "2_000_000",
+            "GATEWAY_MAX_PIXELS": "1000",
+            "GATEWAY_TRITON_TIMEOUT_S": "2.5",
+            "GATEWAY_LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.triton_url == "triton:8001"
+    assert settings.default_model == "efficientnet_lite0"
+    assert settings.cors_origins == ("https://app.example.com", "http://localhost:3000")
+    assert settings.max_body_bytes == 2_000_000
+    assert settings.max_pixels == 1000
+    assert settings.triton_timeout_s == 2.5
+    assert settings.log_level == "DEBUG"
+
+
+def test_create_app_refuses_to_start_with_auth_and_no_key(make_gateway_app: MakeApp) -> None:
+    """The app factory applies the same validation (no silently open gateway)."""
+    with pytest.raises(ConfigError, match="no API key"):
+        make_gateway_app(GATEWAY_API_KEYS="")

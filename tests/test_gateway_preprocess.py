@@ -1,0 +1,147 @@
+"""Preprocessing parity: the gateway's PIL+numpy tensor equals torchvision's on real photos."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image
+
+from gateway.errors import ModelMisconfigured
+from gateway.images import ImageLimits, load_rgb
+from gateway.preprocess import PreprocessSpec, crop_box, preprocess, resized_size
+from tests.fakes_gateway import encode_image
+
+skdata = pytest.importorskip("skimage.data")
+torch = pytest.importorskip("torch")
+transforms = pytest.importorskip("torchvision.transforms")
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+SPECS = {
+    "resnet50-v2": PreprocessSpec(232, 224, *IMAGENET, "bilinear"),
+    "classic-bicubic": PreprocessSpec(256, 224, *IMAGENET, "bicubic"),
+    "nearest-half": PreprocessSpec(160, 128, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "nearest"),
+    "crop-larger-than-resize": PreprocessSpec(100, 112, *IMAGENET, "bilinear"),
+}
+
+
+def _photos() -> dict[str, npt.NDArray[np.uint8]]:
+    rng = np.random.default_rng(7)
+    chelsea = skdata.chelsea()
+    return {
+        "chelsea": chelsea,
+        "coffee": skdata.coffee(),
+        "astronaut": skdata.astronaut(),
+        "rocket": skdata.rocket(),
+        "camera-gray": skdata.camera(),
+        "tall-crop": chelsea[:, 100:180],
+        "wide-strip": skdata.coffee()[150:190],
+        "tiny-3x5": rng.integers(0, 256, (3, 5, 3), dtype=np.uint8),
+        "one-pixel": np.array([[[200, 10, 60]]], np.uint8),
+    }
+
+
+PHOTOS = _photos()
+
+
+def torchvision_tensor(image: Image.Image, spec: PreprocessSpec) -> npt.NDArray[np.float32]:
+    """What torchvision produces for ``image`` with ``spec``'s parameters."""
+    mode = transforms.InterpolationMode(spec.interpolation)
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(spec.resize_size, interpolation=mode),
+            transforms.CenterCrop(spec.crop_size),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
+    with torch.no_grad():
+        return np.asarray(pipeline(image).numpy(), dtype=np.float32)
+
+
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+def test_tensor_matches_torchvision(photo: str, spec_name: str) -> None:
+    """Same (3, crop, crop) float32 tensor as torchvision within 1e-5, on decoded real photos."""
+    spec = SPECS[spec_name]
+    data = encode_image(PHOTOS[photo], "PNG")
+    ours = preprocess(load_rgb(data, ImageLimits(10**8, 10**8)), spec)
+    reference = torchvision_tensor(Image.open(io.BytesIO(data)).convert("RGB"), spec)
+    assert ours.dtype == np.float32
+    assert ours.shape == reference.shape == (3, spec.crop_size, spec.crop_size)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_jpeg_photo_matches_torchvision() -> None:
+    """The front end sends JPEG: parity holds on a JPEG-decoded photo too."""
+    spec = SPECS["resnet50-v2"]
+    data = encode_image(PHOTOS["chelsea"], "JPEG", quality=90)
+    ours = preprocess(load_rgb(data, ImageLimits(10**8, 10**8)), spec)
+    reference = torchvision_tensor(Image.open(io.BytesIO(data)).convert("RGB"), spec)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("size", "short", "expected"),
+    [((451, 300), 232, (348, 232)), ((300, 451), 232, (232, 348)), ((5, 5), 7, (7, 7))],
+)
+def test_resized_size_follows_torchvision(
+    size: tuple[int, int], short: int, expected: tuple[int, int]
+) -> None:
+    """Shorter side to ``short``, longer side truncated like torchvision's int()."""
+    assert resized_size(*size, short) == expected
+
+
+def test_crop_box_pads_small_images_like_torchvision() -> None:
+    """Boxes reach outside small images exactly where torchvision pads them with zeros."""
+    assert crop_box(10, 10, 4) == (3, 3, 7, 7)
+    assert crop_box(3, 3, 6) == (-1, -1, 5, 5)
+    assert crop_box(2, 9, 5) == (-1, 2, 4, 7)
+
+
+def test_spec_from_contract_parameters() -> None:
+    """The contract's preprocess_* parameters parse into a spec."""
+    spec = PreprocessSpec.from_parameters(
+        {
+            "preprocess_resize_size": "232",
+            "preprocess_crop_size": "224",
+            "preprocess_mean": "0.485,0.456,0.406",
+            "preprocess_std": "0.229,0.224,0.225",
+            "preprocess_interpolation": "bilinear",
+            "model_trained": "true",
+        },
+        "resnet50",
+    )
+    assert spec == SPECS["resnet50-v2"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"preprocess_resize_size": None},
+        {"preprocess_resize_size": "big"},
+        {"preprocess_crop_size": "0"},
+        {"preprocess_mean": "0.5,0.5"},
+        {"preprocess_std": "0.2,0,0.2"},
+        {"preprocess_std": "nan,1,1"},
+        {"preprocess_interpolation": "magic"},
+    ],
+)
+def test_bad_parameters_are_a_model_configuration_error(change: dict[str, str | None]) -> None:
+    """Missing or malformed parameters are a clear 503-class error, not a crash."""
+    parameters = {
+        "preprocess_resize_size": "232",
+        "preprocess_crop_size": "224",
+        "preprocess_mean": "0.485,0.456,0.406",
+        "preprocess_std": "0.229,0.224,0.225",
+        "preprocess_interpolation": "bilinear",
+    }
+    for key, value in change.items():
+        if value is None:
+            del parameters[key]
+        else:
+            parameters[key] = value
+    with pytest.raises(ModelMisconfigured):
+        PreprocessSpec.from_parameters(parameters, "m")

@@ -1,0 +1,102 @@
+"""The gateway as a process: no torch imported, clear refusal to start, gunicorn settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 60
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The current environment without GATEWAY_* variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` from the repository root with a clean gateway environment."""
+    return subprocess.run(
+        args, cwd=REPO_ROOT, env=clean_env(**env), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+
+
+def test_gateway_never_imports_torch() -> None:
+    """Importing the WSGI app (what each gunicorn worker does) loads no torch."""
+    code = "import sys, gateway.wsgi, gateway.triton; print('torch' in sys.modules)"
+    result = run([sys.executable, "-c", code], GATEWAY_AUTH="off")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_wsgi_refuses_to_start_without_keys_with_a_sentence() -> None:
+    """Auth on and no key: exit status 3 (gunicorn stops) and one clear line, no traceback."""
+    result = run([sys.executable, "-c", "import gateway.wsgi"])
+    assert result.returncode == 3
+    assert "configuration error" in result.stderr and "GATEWAY_API_KEYS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gunicorn_refuses_to_start_without_keys() -> None:
+    """The master validates settings before forking workers."""
+    result = run(
+        [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
+        GATEWAY_BIND="127.0.0.1:0",
+    )
+    assert result.returncode != 0
+    assert "GATEWAY_API_KEYS" in result.stderr
+
+
+def test_gunicorn_settings_come_from_the_environment() -> None:
+    """Bind, workers and threads from env; gthread; access log without headers or query."""
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gateway/gunicorn.conf.py",
+            "--print-config",
+            "gateway.wsgi:app",
+        ],
+        GATEWAY_AUTH="off",  # --print-config also loads the app
+        GATEWAY_BIND="127.0.0.1:9123",
+        GATEWAY_WORKERS="3",
+        GATEWAY_THREADS="6",
+    )
+    assert result.returncode == 0, result.stderr
+    config = {}
+    for line in result.stdout.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            config[name.strip()] = value.strip()
+    assert config["bind"] == "['127.0.0.1:9123']"
+    assert (config["workers"], config["threads"]) == ("3", "6")
+    assert config["worker_class"] == "gthread"
+    assert config["preload_app"] == "False"
+    assert "%(r)s" not in config["access_log_format"]  # request line would include the query
+    assert "%({x-api-key}i)s" not in config["access_log_format"].lower()
+    assert config["child_exit"] == "<child_exit()>"
+
+
+def test_gunicorn_rejects_a_bad_worker_count() -> None:
+    """A malformed GATEWAY_WORKERS is a clear error."""
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gateway/gunicorn.conf.py",
+            "--print-config",
+            "x:y",
+        ],
+        GATEWAY_WORKERS="many",
+    )
+    assert result.returncode != 0
+    assert "GATEWAY_WORKERS" in result.stderr

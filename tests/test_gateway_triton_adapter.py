@@ -1,0 +1,173 @@
+"""The Triton adapter: error mapping, specs from Triton's messages, real gRPC to a dead port."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+from tritonclient.grpc import model_config_pb2, service_pb2
+from tritonclient.utils import InferenceServerException
+
+from gateway import triton as adapter
+from gateway.errors import (
+    ModelMisconfigured,
+    ModelNotFound,
+    ModelNotReady,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+
+def triton_error(status: str, message: str) -> InferenceServerException:
+    """An exception as tritonclient raises it from a gRPC status."""
+    return InferenceServerException(msg=message, status=f"StatusCode.{status}")
+
+
+# Messages as Triton 2.51 sends them (recorded from the real server).
+@pytest.mark.parametrize(
+    ("status", "message", "expected"),
+    [
+        ("NOT_FOUND", "Request for unknown model: 'nope' is not found", ModelNotFound),
+        ("NOT_FOUND", "Request for unknown model: 'tiny' version 7 is not found", ModelNotFound),
+        (
+            "UNAVAILABLE",
+            "Request for unknown model: 'tiny' version 1 is not at ready state",
+            ModelNotReady,
+        ),
+        ("UNAVAILABLE", "Request for unknown model: 'm' has no available versions", ModelNotReady),
+        (
+            "UNAVAILABLE",
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+            "Failed to connect to remote host: Connection refused",
+            UpstreamUnavailable,
+        ),
+        ("UNAVAILABLE", "Socket closed", UpstreamUnavailable),
+        ("CANCELLED", "Cancelled", UpstreamUnavailable),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded", UpstreamTimeout),
+        ("RESOURCE_EXHAUSTED", "queue full", UpstreamUnavailable),
+        ("INVALID_ARGUMENT", "unexpected shape for input 'input'", UpstreamError),
+        ("INTERNAL", "onnxruntime failed", UpstreamError),
+    ],
+)
+def test_triton_errors_map_to_gateway_errors(status: str, message: str, expected: type) -> None:
+    """Each gRPC status lands on the exception (and HTTP status) the issue lists."""
+    error = adapter.map_error(triton_error(status, message), "inference", "m")
+    assert type(error) is expected
+    assert "127.0.0.1" not in error.message  # upstream details stay out of answers
+
+
+def contract_metadata(versions: tuple[str, ...] = ("1",)) -> service_pb2.ModelMetadataResponse:
+    """Model metadata as Triton reports a contract model (batch dim -1)."""
+    return service_pb2.ModelMetadataResponse(
+        name="resnet50",
+        versions=list(versions),
+        platform="onnxruntime_onnx",
+        inputs=[
+            service_pb2.ModelMetadataResponse.TensorMetadata(
+                name="pixels", datatype="FP32", shape=[-1, 3, 224, 224]
+            )
+        ],
+        outputs=[
+            service_pb2.ModelMetadataResponse.TensorMetadata(
+                name="scores", datatype="FP32", shape=[-1, 1000]
+            )
+        ],
+    )
+
+
+def contract_config(
+    fmt: int = model_config_pb2.ModelInput.FORMAT_NCHW,
+) -> model_config_pb2.ModelConfig:
+    """A config with the contract's preprocess parameters."""
+    config = model_config_pb2.ModelConfig(name="resnet50", max_batch_size=16)
+    config.input.add(
+        name="pixels", data_type=model_config_pb2.TYPE_FP32, format=fmt, dims=[3, 224, 224]
+    )
+    config.output.add(name="scores", data_type=model_config_pb2.TYPE_FP32, dims=[1000])
+    config.parameters["preprocess_resize_size"].string_value = "232"
+    config.parameters["preprocess_crop_size"].string_value = "224"
+    return config
+
+
+def test_spec_reads_names_dims_and_parameters_from_triton() -> None:
+    """Input/output names and dims come from metadata, never constants; the newest version wins."""
+    spec = adapter.spec_from_triton(
+        "resnet50", None, contract_metadata(("1", "3", "2")), contract_config()
+    )
+    assert (spec.input.name, spec.input.dims, spec.input.datatype) == (
+        "pixels",
+        (3, 224, 224),
+        "FP32",
+    )
+    assert (spec.output.name, spec.output.dims) == ("scores", (1000,))
+    assert spec.version == "3"
+    assert spec.batched and not spec.channels_last
+    assert spec.parameters["preprocess_resize_size"] == "232"
+    pinned = adapter.spec_from_triton("resnet50", "2", contract_metadata(("2",)), contract_config())
+    assert pinned.version == "2"
+
+
+def test_nhwc_format_is_recognised() -> None:
+    """FORMAT_NHWC sets channels_last so the gateway transposes its tensor."""
+    spec = adapter.spec_from_triton(
+        "resnet50",
+        None,
+        contract_metadata(),
+        contract_config(model_config_pb2.ModelInput.FORMAT_NHWC),
+    )
+    assert spec.channels_last
+
+
+def test_model_with_two_inputs_is_misconfigured() -> None:
+    """The gateway sends one image tensor; a second input is a configuration error."""
+    metadata = contract_metadata()
+    metadata.inputs.add(name="other", datatype="FP32", shape=[-1, 1])
+    with pytest.raises(ModelMisconfigured):
+        adapter.spec_from_triton("resnet50", None, metadata, contract_config())
+
+
+def test_model_without_versions_is_not_ready() -> None:
+    """No ready version yet (still loading) is a 503, not a crash."""
+    with pytest.raises(ModelNotReady):
+        adapter.spec_from_triton("resnet50", None, contract_metadata(()), contract_config())
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_triton_is_upstream_unavailable_over_real_grpc() -> None:
+    """A real gRPC call to a dead port fails as UpstreamUnavailable; readiness is False."""
+    backend = adapter.TritonBackend(f"127.0.0.1:{closed_port()}", timeout_s=3, ready_timeout_s=1)
+    with pytest.raises(UpstreamUnavailable):
+        backend.model_spec("resnet50", None)
+    with pytest.raises(UpstreamUnavailable):
+        backend.repository_index()
+    assert backend.is_ready("resnet50") is False
+
+
+def test_one_client_per_process() -> None:
+    """The gRPC client is reused within a process and rebuilt when it came from another pid."""
+    backend = adapter.TritonBackend("127.0.0.1:1", timeout_s=1, ready_timeout_s=1)
+    first = backend._get_client()
+    assert backend._get_client() is first
+    backend._client_pid = os.getpid() + 1  # as if created in the master before fork
+    second = backend._get_client()
+    assert second is not first
+    assert backend._get_client() is second
+
+
+def test_non_float_model_input_is_misconfigured() -> None:
+    """A model wanting integer input cannot be fed the normalised tensor."""
+    backend = adapter.TritonBackend("127.0.0.1:1", timeout_s=1, ready_timeout_s=1)
+    metadata = contract_metadata()
+    metadata.inputs[0].datatype = "UINT8"
+    spec = adapter.spec_from_triton("resnet50", None, metadata, contract_config())
+    with pytest.raises(ModelMisconfigured):
+        backend.infer(spec, np.zeros((1, 3, 224, 224), np.float32), None)
