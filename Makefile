@@ -47,5 +47,11 @@ typecheck: setup
 bench: setup
 	$(PY) -m bench
 
+# Accuracy through a running gateway (`make run` in another shell) on labelled ImageNet photos.
+IMAGES ?= ../shared/imagenet-samples
+eval: setup
+	GATEWAY_API_KEY=$${GATEWAY_API_KEY:-$$(cat .cache/dev-api-key 2>/dev/null)} \
+	  $(PY) -m eval.imagenet --gateway http://127.0.0.1:$(PORT) --images $(IMAGES) --model $(MODEL)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

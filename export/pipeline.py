@@ -1,0 +1,206 @@
+"""export_and_publish: resolve the model, export ONNX into staging, validate, publish atomically.
+
+Steps (each a separate module): sources -> onnx_export -> validate -> triton_config/publish.
+A later `--quantize int8` slots in between export and validation (a transform of the staged
+model.onnx) with its own ParityPolicy; nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.errors import UsageError, VersionExistsError
+from export.labels import render_labels
+from export.onnx_export import OnnxInfo, export_onnx
+from export.preprocessing import Preprocessing
+from export.progress import Progress
+from export.publish import VersionPublisher
+from export.repository import check_model_name, check_repository_usable
+from export.sources import (
+    DEFAULT_MODEL,
+    ResolvedModel,
+    WeightsChoice,
+    resolve_model,
+)
+from export.sources import (
+    check_model_name as check_architecture,
+)
+from export.triton_config import TritonModelConfig, render_config
+from export.validate import ParityPolicy, ValidationReport, validate
+
+DEFAULT_REPOSITORY = Path("model_repository")
+DEFAULT_MAX_BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything the CLI can set; the defaults are the CLI's defaults."""
+
+    model: str = DEFAULT_MODEL
+    weights: str = "imagenet"
+    labels: Path | None = None
+    repository: Path = DEFAULT_REPOSITORY
+    name: str | None = None
+    version: int | None = None
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    force: bool = False
+    offline: bool = False
+    parity: ParityPolicy = field(default_factory=ParityPolicy)
+
+    @property
+    def model_name(self) -> str:
+        """The Triton model name: --name, else the architecture's name."""
+        return self.name or self.model
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What was published, with the figures the summary prints."""
+
+    name: str
+    version: int
+    repository: Path
+    version_dir: Path
+    model_path: Path
+    size_bytes: int
+    onnx: OnnxInfo
+    validation: ValidationReport
+    config_path: Path
+    config_changed: bool
+    labels_changed: bool
+    trained: bool
+    source: str
+    preprocessing: Preprocessing
+    num_classes: int
+
+
+def check_options(options: ExportOptions) -> None:
+    """Cheap checks of the options before any heavy work."""
+    check_architecture(options.model)
+    check_model_name(options.model_name)
+    if options.max_batch_size < 1:
+        raise UsageError(f"--max-batch-size must be at least 1, got {options.max_batch_size}")
+    if options.version is not None and options.version < 1:
+        raise UsageError(f"--version must be at least 1, got {options.version}")
+    check_repository_usable(options.repository)
+    version_dir = options.repository / options.model_name / str(options.version)
+    if options.version is not None and version_dir.exists() and not options.force:
+        raise VersionExistsError(
+            f"version {options.version} of {options.model_name} already exists in "
+            f"{options.repository}; "
+            "use --force to replace it, or omit --version to publish the next one"
+        )
+
+
+def export_and_publish(options: ExportOptions, progress: Progress | None = None) -> ExportResult:
+    """Run the whole export; on any failure (or Ctrl-C) the repository is left exactly as it was."""
+    progress = progress or Progress(enabled=False)
+    check_options(options)
+    weights = WeightsChoice.parse(options.weights)
+    resolved = resolve_model(options.model, weights, options.labels, options.offline, progress)
+    progress.info(
+        f"Model {resolved.architecture}: source {resolved.source}, {resolved.num_classes} classes, "
+        f"input {list(resolved.input_shape)}"
+        f"{'' if resolved.trained else ', UNTRAINED (random weights)'}"
+    )
+    with VersionPublisher(
+        options.repository, options.model_name, options.version, options.force, progress
+    ) as publisher:
+        with progress.step(f"Exporting {resolved.architecture} to ONNX (opset 17)"):
+            onnx_info = export_onnx(resolved.module, publisher.onnx_path, resolved.input_shape)
+        publisher.after_model_written()
+        with progress.step("Validating: onnx.checker (full_check) and ONNX Runtime vs PyTorch"):
+            report = validate(
+                resolved.module, publisher.onnx_path, resolved.input_shape, options.parity
+            )
+        for line in report.lines():
+            progress.info(f"  {line}")
+        config = _triton_config(options, resolved, onnx_info)
+        published = publisher.commit(
+            labels_text=render_labels(resolved.labels),
+            config_text=render_config(config),
+            metadata=_export_metadata(resolved, onnx_info, report),
+        )
+    model_path = published.version_dir / onnx_info.path.name
+    return ExportResult(
+        name=options.model_name,
+        version=published.version,
+        repository=options.repository,
+        version_dir=published.version_dir,
+        model_path=model_path,
+        size_bytes=model_path.stat().st_size,
+        onnx=onnx_info,
+        validation=report,
+        config_path=published.model_dir / "config.pbtxt",
+        config_changed=published.config_changed,
+        labels_changed=published.labels_changed,
+        trained=resolved.trained,
+        source=resolved.source,
+        preprocessing=resolved.preprocessing,
+        num_classes=resolved.num_classes,
+    )
+
+
+def _triton_config(
+    options: ExportOptions, resolved: ResolvedModel, onnx_info: OnnxInfo
+) -> TritonModelConfig:
+    """The config.pbtxt facts for this export."""
+    return TritonModelConfig(
+        name=options.model_name,
+        input_name=onnx_info.input_name,
+        output_name=onnx_info.output_name,
+        input_dims=resolved.input_shape,
+        num_classes=resolved.num_classes,
+        preprocessing=resolved.preprocessing,
+        trained=resolved.trained,
+        source=resolved.source,
+        max_batch_size=options.max_batch_size,
+    )
+
+
+def _export_metadata(
+    resolved: ResolvedModel, onnx_info: OnnxInfo, report: ValidationReport
+) -> dict[str, object]:
+    """Provenance recorded as <version>/export.json (name and version are added at commit)."""
+    return {
+        "source": resolved.source,
+        "architecture": resolved.architecture,
+        "weights": resolved.provenance,
+        "trained": resolved.trained,
+        "num_classes": resolved.num_classes,
+        "preprocessing": resolved.preprocessing.as_dict(),
+        "onnx": {
+            "file": onnx_info.path.name,
+            "opset": onnx_info.opset,
+            "ir_version": onnx_info.ir_version,
+            "size_bytes": onnx_info.size_bytes,
+            "sha256": onnx_info.sha256,
+            "input": {
+                "name": onnx_info.input_name,
+                "shape": ["batch", *resolved.input_shape],
+                "dtype": "float32",
+            },
+            "output": {
+                "name": onnx_info.output_name,
+                "shape": ["batch", resolved.num_classes],
+                "dtype": "float32",
+            },
+        },
+        "validation": report.as_dict(),
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "tools": {
+            package: _version_of(package)
+            for package in ("torch", "torchvision", "onnx", "onnxruntime")
+        },
+    }
+
+
+def _version_of(package: str) -> str:
+    """Installed version of a distribution, or 'unknown'."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,210 @@
+"""Publishing one version atomically: built in a dot-staging dir in <name>/, then os.rename."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from export.errors import RepositoryError, UsageError, VersionExistsError
+from export.progress import Progress
+from export.repository import (
+    check_model_name,
+    commit_version,
+    create_staging_dir,
+    ensure_repository,
+    fsync_tree,
+    next_version,
+    remove_stale_entries,
+    write_text_atomically,
+)
+
+MODEL_FILENAME = "model.onnx"
+LABELS_FILENAME = "labels.txt"
+CONFIG_FILENAME = "config.pbtxt"
+METADATA_FILENAME = "export.json"
+
+# Test hook: "after-onnx-write:raise" fails, "after-onnx-write:pause" waits (to be killed)
+# right after model.onnx is written into staging. Used by the crash-safety tests only.
+FAULT_INJECTION_ENV = "EXPORT_FAULT_INJECTION"
+FAULT_PAUSE_MARKER = "fault injection: paused after writing"
+_FAULT_PAUSE_LIMIT_S = 120.0
+_AUTO_VERSION_ATTEMPTS = 3
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the EXPORT_FAULT_INJECTION test hook to simulate a crash mid-publish."""
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    """Where a version landed and what changed at model level."""
+
+    model_dir: Path
+    version: int
+    version_dir: Path
+    config_changed: bool
+    labels_changed: bool
+
+
+class VersionPublisher:
+    """Context manager: staging dir on enter, commit() publishes, any other exit removes staging.
+
+    Usage::
+
+        with VersionPublisher(repo, "resnet50", version=None, force=False) as publisher:
+            write_model(publisher.onnx_path)
+            publisher.after_model_written()
+            published = publisher.commit(labels_text, config_text, metadata)
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        name: str,
+        version: int | None = None,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
+        """Plan a publish of `name` into `repository` (version None = next free one)."""
+        check_model_name(name)
+        if version is not None and version < 1:
+            raise UsageError(f"version must be a positive integer, got {version}")
+        self.repository = repository
+        self.name = name
+        self.model_dir = repository / name
+        self.requested_version = version
+        self.force = force
+        self._progress = progress or Progress(enabled=False)
+        self._staging: Path | None = None
+        self._created_model_dir = False
+        self._created_repository = False
+        self._model_level_written: list[Path] = []
+        self._committed = False
+
+    @property
+    def staging_dir(self) -> Path:
+        """The staging directory (only valid inside the with-block)."""
+        if self._staging is None:
+            raise RuntimeError("VersionPublisher is not entered")
+        return self._staging
+
+    @property
+    def onnx_path(self) -> Path:
+        """Where the exporter must write model.onnx."""
+        return self.staging_dir / MODEL_FILENAME
+
+    def __enter__(self) -> VersionPublisher:
+        """Check the repository, clear stale staging left by killed runs, create our staging dir."""
+        self._created_repository = not self.repository.exists()
+        ensure_repository(self.repository)
+        if self.model_dir.exists() and not self.model_dir.is_dir():
+            raise RepositoryError(f"{self.model_dir} exists but is not a directory")
+        if not self.model_dir.exists():
+            try:
+                self.model_dir.mkdir()
+                self._created_model_dir = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise RepositoryError(
+                    f"cannot create {self.model_dir}: {exc.strerror or exc}"
+                ) from None
+        for stale in remove_stale_entries(self.model_dir):
+            self._progress.info(f"Removed stale {stale.name} left by an interrupted run")
+        version = self.requested_version
+        if version is not None and (self.model_dir / str(version)).exists() and not self.force:
+            self._discard()
+            raise VersionExistsError(
+                f"version {version} of {self.name} already exists in {self.repository}; "
+                "use --force to replace it, or omit --version to publish the next one"
+            )
+        try:
+            self._staging = create_staging_dir(self.model_dir)
+        except OSError as exc:
+            self._discard()
+            raise RepositoryError(
+                f"cannot create a staging directory in {self.model_dir}: {exc}"
+            ) from None
+        return self
+
+    def after_model_written(self) -> None:
+        """Fault-injection point right after model.onnx lands in staging (no-op unless env set)."""
+        fault = os.environ.get(FAULT_INJECTION_ENV, "")
+        if fault == "after-onnx-write:raise":
+            raise InjectedFault(
+                f"{FAULT_INJECTION_ENV}={fault}: simulated crash after writing {self.onnx_path}"
+            )
+        if fault == "after-onnx-write:pause":
+            sys.stderr.write(f"{FAULT_PAUSE_MARKER} {self.onnx_path}\n")
+            sys.stderr.flush()
+            deadline = time.monotonic() + _FAULT_PAUSE_LIMIT_S
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+            raise InjectedFault(f"{FAULT_INJECTION_ENV}={fault}: nobody interrupted the pause")
+
+    def commit(
+        self, labels_text: str, config_text: str, metadata: dict[str, Any]
+    ) -> PublishedVersion:
+        """Finish staging, update labels/config (if changed), rename the version into place."""
+        staging = self.staging_dir
+        (staging / LABELS_FILENAME).write_text(labels_text, encoding="utf-8")
+        labels_changed = self._write_model_level(LABELS_FILENAME, labels_text)
+        config_changed = self._write_model_level(CONFIG_FILENAME, config_text)
+        for attempt in range(_AUTO_VERSION_ATTEMPTS):
+            version = self.requested_version or next_version(self.model_dir)
+            record = {"name": self.name, "version": version, **metadata}
+            (staging / METADATA_FILENAME).write_text(
+                json.dumps(record, indent=2) + "\n", encoding="utf-8"
+            )
+            fsync_tree(staging)
+            try:
+                target = commit_version(staging, self.model_dir, version, force=self.force)
+            except VersionExistsError:
+                # Only a concurrent writer can take an automatic version between look and rename.
+                if self.requested_version is not None or attempt == _AUTO_VERSION_ATTEMPTS - 1:
+                    raise
+                continue
+            self._committed = True
+            return PublishedVersion(self.model_dir, version, target, config_changed, labels_changed)
+        raise AssertionError("unreachable")  # the loop either returns or raises
+
+    def _write_model_level(self, filename: str, content: str) -> bool:
+        """Atomically update a model-level file; remember it so a failed first publish undoes it."""
+        path = self.model_dir / filename
+        existed = path.exists()
+        changed = write_text_atomically(path, content)
+        if changed and not existed:
+            self._model_level_written.append(path)
+        return changed
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Without a commit (error, KeyboardInterrupt), leave the repository as it was."""
+        if not self._committed:
+            self._discard()
+
+    def _discard(self) -> None:
+        """Remove our staging dir, and the model dir if this run created it."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        if self._created_model_dir:
+            for path in self._model_level_written:
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # rmdir fails if others wrote there meanwhile
+                self.model_dir.rmdir()
+        if self._created_repository:
+            with contextlib.suppress(OSError):
+                self.repository.rmdir()

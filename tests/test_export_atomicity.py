@@ -1,0 +1,191 @@
+"""Crash safety: interrupted, killed or failed exports leave the repository as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.export_checkpoints import TraceDivergentClassifier
+from tests.export_support import hidden_entries, snapshot, version_dirs
+from tests.fixtures.models import REPO_ROOT, SMALL_MODEL_ARGS, export_python, run_export
+
+FAULT_ENV = "EXPORT_FAULT_INJECTION"
+PAUSE_MARKER = "fault injection: paused after writing"
+MARKER_TIMEOUT_S = 300.0
+# The fastest real export in the session repository (real weights, ~18 MiB).
+LITE0_ARGS = ("--model", "efficientnet_lite0")
+
+
+class PausedExport:
+    """The CLI started with the pause hook, its stderr collected by a reader thread."""
+
+    def __init__(self, repository: Path, *args: str) -> None:
+        """Start `python -m export *args --repository repository` with the pause hook armed."""
+        self.process = subprocess.Popen(
+            [export_python(), "-m", "export", *args, "--repository", str(repository)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, FAULT_ENV: "after-onnx-write:pause"},
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._seen: list[str] = []
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        """Forward stderr lines to the queue until the process closes it."""
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._lines.put(line)
+
+    def wait_for_pause(self) -> Path:
+        """Block (bounded) until model.onnx is in staging; return its path."""
+        deadline = time.monotonic() + MARKER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self._seen.append(line)
+            if line.startswith(PAUSE_MARKER):
+                return Path(line[len(PAUSE_MARKER) :].strip())
+        self.process.kill()
+        self.process.wait(timeout=30)
+        pytest.fail(f"the export never reached the pause point:\n{''.join(self._seen)}")
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        """Wait for the exit; return the exit code and everything printed on stderr."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        while not self._lines.empty():
+            self._seen.append(self._lines.get_nowait())
+        return code, "".join(self._seen)
+
+
+def test_sigkill_after_onnx_write_publishes_nothing_and_next_run_cleans_up(
+    fresh_model_repository: Path,
+) -> None:
+    """SIGKILL with model.onnx in staging: no new version; the next run removes the staging."""
+    model_dir = fresh_model_repository / "efficientnet_lite0"
+    visible_before = {k: v for k, v in snapshot(model_dir).items() if not k.startswith(".")}
+    export = PausedExport(fresh_model_repository, *LITE0_ARGS)
+    onnx_in_staging = export.wait_for_pause()
+    try:
+        assert onnx_in_staging.is_file() and onnx_in_staging.stat().st_size > 1_000_000
+        assert onnx_in_staging.parent.parent == model_dir
+        assert onnx_in_staging.parent.name.startswith(".staging-")
+    finally:
+        export.process.send_signal(signal.SIGKILL)
+        code, _ = export.finish()
+    assert code == -signal.SIGKILL
+    visible_after = {k: v for k, v in snapshot(model_dir).items() if not k.startswith(".")}
+    assert visible_after == visible_before
+    assert version_dirs(model_dir) == ["1"]
+    assert hidden_entries(model_dir) == [onnx_in_staging.parent.name]  # invisible to Triton
+
+    rerun = run_export(*LITE0_ARGS, "--repository", str(fresh_model_repository))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Removed stale .staging-" in rerun.stderr
+    assert version_dirs(model_dir) == ["1", "2"]
+    assert hidden_entries(model_dir) == []
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_after_onnx_write_leaves_repository_unchanged(
+    fresh_model_repository: Path, sent: signal.Signals
+) -> None:
+    """Ctrl-C / SIGTERM mid-publish: exit 130, a message, no traceback, repository identical."""
+    before = snapshot(fresh_model_repository)
+    export = PausedExport(fresh_model_repository, *LITE0_ARGS)
+    export.wait_for_pause()
+    export.process.send_signal(sent)
+    code, stderr = export.finish()
+    assert code == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert snapshot(fresh_model_repository) == before
+
+
+def test_crash_after_onnx_write_in_a_new_model_dir_leaves_nothing(tmp_path: Path) -> None:
+    """A crash (injected exception) publishing a new model removes its staging and model dir."""
+    (tmp_path / "keep").mkdir()
+    before = snapshot(tmp_path)
+    result = run_export(
+        *SMALL_MODEL_ARGS,
+        "--repository",
+        str(tmp_path),
+        env={FAULT_ENV: "after-onnx-write:raise"},
+    )
+    assert result.returncode != 0
+    assert "simulated crash" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_crash_in_a_new_repository_leaves_no_repository(tmp_path: Path) -> None:
+    """A crash during the first publish into a repository that did not exist removes it again."""
+    repository = tmp_path / "new" / "repo"
+    result = run_export(
+        *SMALL_MODEL_ARGS,
+        "--repository",
+        str(repository),
+        env={FAULT_ENV: "after-onnx-write:raise"},
+    )
+    assert result.returncode != 0
+    assert not repository.exists()
+
+
+def test_failed_validation_publishes_nothing(fresh_model_repository: Path, tmp_path: Path) -> None:
+    """A model whose ONNX disagrees with PyTorch: exit 1, the parity figures, nothing published."""
+    torch.save(TraceDivergentClassifier(num_classes=3), tmp_path / "divergent.pth")
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    before = snapshot(fresh_model_repository)
+    result = run_export(
+        "--model",
+        "resnet18",
+        "--weights",
+        str(tmp_path / "divergent.pth"),
+        "--labels",
+        str(tmp_path / "classes.txt"),
+        "--name",
+        "efficientnet_lite0",
+        "--repository",
+        str(fresh_model_repository),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "does not reproduce PyTorch" in result.stderr
+    assert "parity batch 1" in result.stderr and "FAILED" in result.stderr
+    assert "nothing was published" in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(fresh_model_repository) == before
+
+
+def test_existing_version_needs_force_and_force_swaps_it(fresh_model_repository: Path) -> None:
+    """--version 1 is refused (exit 2) while it exists; with --force it is replaced whole."""
+    model_dir = fresh_model_repository / "efficientnet_lite0"
+    before = snapshot(fresh_model_repository)
+    refused = run_export(*LITE0_ARGS, "--version", "1", "--repository", str(fresh_model_repository))
+    assert refused.returncode == 2
+    assert "already exists" in refused.stderr and "--force" in refused.stderr
+    assert snapshot(fresh_model_repository) == before
+
+    old_record = json.loads((model_dir / "1" / "export.json").read_text())
+    old_inode = (model_dir / "1").stat().st_ino
+    forced = run_export(
+        *LITE0_ARGS, "--version", "1", "--force", "--repository", str(fresh_model_repository)
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert version_dirs(model_dir) == ["1"]
+    assert hidden_entries(model_dir) == []
+    assert (model_dir / "1").stat().st_ino != old_inode
+    new_record = json.loads((model_dir / "1" / "export.json").read_text())
+    assert new_record["onnx"]["sha256"] == old_record["onnx"]["sha256"]  # same weights, same file
+    assert new_record["version"] == 1
