@@ -18,6 +18,7 @@ from tests.fixtures.triton import (
     model_statistics,
     onnxruntime_reference,
     scrape_metrics,
+    settled_statistics,
 )
 
 SESSION_MODELS = ["efficientnet_lite0", "resnet50"]
@@ -82,7 +83,12 @@ def test_concurrent_requests_on_a_real_model_are_batched_and_counted(
     got = np.concatenate(results)
     assert float(np.max(np.abs(got - expected))) <= 1e-4
 
-    after_stats = model_statistics(triton_server, model, "1")
+    after_stats = settled_statistics(
+        triton_server,
+        model,
+        "1",
+        lambda e: e["inference_count"] >= before_stats["inference_count"] + count,
+    )
     after = scrape_metrics(triton_server)
     executions = after_stats["execution_count"] - before_stats["execution_count"]
     assert after_stats["inference_count"] - before_stats["inference_count"] == count
