@@ -1,0 +1,1 @@
+"""`python -m bench`: measure the serving path against its limits and the seed-style baseline."""

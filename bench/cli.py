@@ -1,0 +1,265 @@
+"""`python -m bench`: one command that measures the limit, Triton, the whole path and the baseline.
+
+Stages, in this order, one at a time on this machine:
+  ort       ONNX Runtime alone on the published model (batch sizes 1..16): the limit;
+  triton    local Triton alone over gRPC with pre-made tensors, concurrent batch-1 clients;
+  gateway   the whole path: gateway under gunicorn + local Triton, JPEG-in-JSON over HTTP;
+  baseline  the seed-style single Flask process running the same model in PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from bench import ort_limit, triton_client_bench, whole_path
+from bench.loadgen import LoadError
+from bench.payloads import PAYLOAD_KINDS, PayloadError, build_payloads, request_body, tensor_pool
+from bench.report import STAGES, BenchResults, table, to_json, write_chart, write_json
+from bench.repository import PublishedModel, RepositoryError, publish, reuse
+from bench.servers import ServerError
+from bench.triton_client_bench import TritonBenchError
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_MODEL = "resnet50"
+SMOKE_MODEL = "mobilenet_v3_small"
+
+
+class UsageError(Exception):
+    """A command-line value is invalid."""
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or any(value < 1 for value in values):
+        raise UsageError(f"{what} needs at least one value, all at least 1, got {text!r}")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        help=f"architecture to publish and measure (default "
+        f"{DEFAULT_MODEL}; {SMOKE_MODEL} with --smoke); efficientnet_lite0 uses "
+        "its packaged ImageNet weights",
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        help="reuse the model already published in this repository instead of "
+        "exporting into a temporary one",
+    )
+    parser.add_argument("--duration", type=float, help="seconds per measured window (default 15)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        help="warm-up seconds before each window (default: a third of --duration, at most 5)",
+    )
+    parser.add_argument(
+        "--concurrency", help="client counts for the Triton and HTTP stages (default 1,4,16)"
+    )
+    parser.add_argument("--batch-sizes", help="ONNX Runtime batch sizes (default 1,2,4,8,16)")
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="stages to run, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--payload",
+        choices=PAYLOAD_KINDS,
+        default="1080p",
+        help="1080p: photos upscaled to 1920x1080, JPEG q90; imagenet: the photos' "
+        "own JPEGs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="folder of source photos (default: "
+        "../shared/imagenet-samples if present, else scikit-image's photos)",
+    )
+    parser.add_argument("--payload-count", type=int, help="distinct photos (default 16)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few seconds per stage: 1 s windows, concurrency 1,2, batches 1,2",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results JSON here")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where each run's folder (JSON, chart, logs) goes (default: %(default)s)",
+    )
+    return parser.parse_args(argv)
+
+
+def settle(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill smoke or full defaults and validate values; raise UsageError on bad input."""
+    smoke = args.smoke
+    args.model = args.model or (SMOKE_MODEL if smoke else DEFAULT_MODEL)
+    args.duration = args.duration if args.duration is not None else (1.0 if smoke else 15.0)
+    if args.duration <= 0:
+        raise UsageError("--duration must be above 0")
+    if args.warmup is None:
+        args.warmup = 0.5 if smoke else min(5.0, args.duration / 3)
+    if args.warmup < 0:
+        raise UsageError("--warmup cannot be negative")
+    args.concurrency = _int_list(
+        args.concurrency or ("1,2" if smoke else "1,4,16"), "--concurrency"
+    )
+    args.batch_sizes = _int_list(
+        args.batch_sizes or ("1,2" if smoke else "1,2,4,8,16"), "--batch-sizes"
+    )
+    if 1 not in args.batch_sizes:
+        args.batch_sizes.insert(0, 1)  # batch-1 latency is a headline figure
+    args.stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    unknown = sorted(set(args.stages) - set(STAGES))
+    if unknown or not args.stages:
+        raise UsageError(f"--stages takes some of {','.join(STAGES)}; got {unknown or 'none'}")
+    args.payload_count = args.payload_count or (4 if smoke else 16)
+    if args.payload_count < 1:
+        raise UsageError("--payload-count must be at least 1")
+    if args.repository is not None and not args.repository.is_dir():
+        raise UsageError(f"--repository {args.repository}: no such folder")
+    return args
+
+
+def say(message: str) -> None:
+    """Print a progress line at once."""
+    print(message, flush=True)
+
+
+def _machine() -> dict[str, object]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def measure(args: argparse.Namespace, model: PublishedModel, run_dir: Path) -> BenchResults:
+    """Build payloads, then run each requested stage in order and return the figures."""
+    payloads = build_payloads(
+        args.payload, args.images, args.payload_count, args.results_dir / "cache"
+    )
+    say(f"[bench] payloads: {args.payload}, {payloads.source}, mean {payloads.mean_kib():.0f} KiB")
+    bodies = [request_body(jpeg) for jpeg in payloads.jpegs]
+    tensors = tensor_pool(payloads, model.preprocess)
+    settings = {
+        **_machine(),
+        "model": model.name,
+        "arch": model.arch,
+        "version": model.version,
+        "weights": model.weights_note,
+        "payload": args.payload,
+        "payload_source": payloads.source,
+        "payload_mean_kib": round(payloads.mean_kib(), 1),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "concurrency": args.concurrency,
+        "batch_sizes": args.batch_sizes,
+        "stages": args.stages,
+        "smoke": args.smoke,
+        "baseline_server": "Flask app.run(threaded=True), one process, torch default threads",
+    }
+    results = BenchResults(settings=settings)
+    logs = run_dir / "logs"
+    window = (args.warmup, args.duration)
+    if "ort" in args.stages:
+        say("[bench] stage ort: ONNX Runtime alone")
+        results.ort = ort_limit.measure(model.onnx_path, tensors, args.batch_sizes, *window)
+        for figure in results.ort.figures:
+            say(
+                f"  batch {figure.batch_size:>3}: {figure.images_per_s:8.2f} img/s  "
+                f"p50 {figure.latency_p50_ms:8.1f} ms per call"
+            )
+    if "triton" in args.stages or "gateway" in args.stages:
+        say("[bench] starting local Triton")
+        with whole_path.local_triton(model, logs) as triton:
+            if "triton" in args.stages:
+                say("[bench] stage triton: Triton alone over gRPC")
+                results.triton = triton_client_bench.run(
+                    triton.grpc_url, model.name, tensors, args.concurrency, *window, say
+                )
+            if "gateway" in args.stages:
+                say("[bench] stage gateway: gateway (gunicorn) + Triton over HTTP")
+                api_key = whole_path.new_api_key()
+                with whole_path.gateway(model, triton, api_key, logs) as port:
+                    results.gateway = whole_path.measure_http(
+                        port, bodies, api_key, args.concurrency, *window, say, gateway_phases=True
+                    )
+    if "baseline" in args.stages:
+        say("[bench] stage baseline: seed-style Flask + PyTorch")
+        with whole_path.seed_baseline(model, logs) as port:
+            results.baseline = whole_path.measure_http(
+                port, bodies, "unused-by-the-baseline", args.concurrency, *window, say
+            )
+    settings["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    """Publish (or reuse) the model, measure, and write the table, JSON and chart."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.results_dir / f"{stamp}-{args.model}-{args.payload}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="visionai-bench-"))
+    try:
+        if args.repository is not None:
+            model = reuse(args.repository.resolve(), args.model)
+            say(f"[bench] reusing {model.repository}/{model.name} version {model.version}")
+        else:
+            say(f"[bench] publishing {args.model} with the export CLI into {workdir}/repository")
+            model = publish(args.model, workdir / "repository", workdir)
+        results = measure(args, model, run_dir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    document = to_json(results)
+    say("")
+    say(table(results, document))
+    write_json(document, run_dir / "results.json")
+    if args.json is not None:
+        write_json(document, args.json)
+    write_chart(results, document, run_dir / "chart.png")
+    say(
+        f"\n[bench] results: {run_dir}/results.json, chart {run_dir}/chart.png, logs {run_dir}/logs"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; expected failures print one message and exit 1 (usage errors: 2)."""
+    try:
+        args = settle(parse_args(argv))
+    except UsageError as error:
+        print(f"[bench] usage error: {error}", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except (PayloadError, RepositoryError, ServerError, LoadError, TritonBenchError) as error:
+        print(f"[bench] error: {error}", file=sys.stderr)
+    except (FutureTimeout, BrokenProcessPool) as error:
+        print(f"[bench] error: the ONNX Runtime stage failed: {error!r}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("[bench] interrupted", file=sys.stderr)
+        return 130
+    return 1

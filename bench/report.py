@@ -1,0 +1,253 @@
+"""The benchmark's outputs: a printed table with the ratios, a JSON file and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import Measurement
+from bench.ort_limit import OrtLimit
+
+STAGES = ("ort", "triton", "gateway", "baseline")
+FAIRNESS = (
+    "same model weights: one state_dict exported with `python -m export --weights PATH` and "
+    "loaded by the baseline (or the packaged ImageNet weights of efficientnet_lite0)",
+    "same preprocessing parameters (read from the published config.pbtxt) on both HTTP paths",
+    "same JPEG payloads and JSON bodies, base64-encoded before any timed window",
+    "same machine, one stage at a time: each stage's servers are stopped before the next starts",
+    "servers started the same way (python -m ..., logs to files, readiness polled over HTTP)",
+    "load generator in its own process per window: threads with keep-alive http.client (or "
+    "tritonclient gRPC) connections, status check only in the hot loop",
+    "a warm-up before every timed window, then a fixed-duration window; only requests completing "
+    "inside the window count",
+)
+
+
+@dataclass
+class BenchResults:
+    """Everything one run measured, plus the settings it ran with."""
+
+    settings: dict[str, Any]
+    ort: OrtLimit | None = None
+    triton: list[Measurement] = field(default_factory=list)
+    gateway: list[Measurement] = field(default_factory=list)
+    baseline: list[Measurement] = field(default_factory=list)
+
+
+def _best(measurements: Sequence[Measurement]) -> float | None:
+    return max((m.throughput for m in measurements), default=None)
+
+
+def _lowest_concurrency(measurements: Sequence[Measurement]) -> Measurement | None:
+    return min(measurements, key=lambda m: m.concurrency, default=None)
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 4)
+
+
+def to_json(results: BenchResults) -> dict[str, Any]:
+    """Return the JSON document: headline keys, ratios, per-stage figures, settings and notes."""
+    ort = results.ort
+    batch1 = round(ort.batch1_latency_ms, 3) if ort is not None else None
+    whole = _best(results.gateway)
+    baseline = _best(results.baseline)
+    single = _lowest_concurrency(results.gateway)
+    single_base = _lowest_concurrency(results.baseline)
+    single_p50 = round(single.percentile(50), 3) if single is not None else None
+    per_level = {
+        str(g.concurrency): _ratio(g.throughput, b.throughput)
+        for g in results.gateway
+        for b in results.baseline
+        if g.concurrency == b.concurrency
+    }
+    return {
+        "ort_limit_ips": round(ort.best.images_per_s, 3) if ort is not None else None,
+        "ort_best_batch": ort.best.batch_size if ort is not None else None,
+        "triton_ips": _round(_best(results.triton)),
+        "whole_path_ips": _round(whole),
+        "baseline_ips": _round(baseline),
+        "batch1_latency_ms": batch1,
+        "single_client_p50_ms": single_p50,
+        "baseline_single_client_p50_ms": (
+            round(single_base.percentile(50), 3) if single_base is not None else None
+        ),
+        "errors": sum(m.errors for m in (*results.triton, *results.gateway, *results.baseline)),
+        "ratios": {
+            "whole_path_vs_ort_limit": _ratio(whole, ort.best.images_per_s if ort else None),
+            "whole_path_vs_baseline": _ratio(whole, baseline),
+            "whole_path_vs_baseline_by_concurrency": per_level,
+            "triton_vs_ort_limit": _ratio(
+                _best(results.triton), ort.best.images_per_s if ort else None
+            ),
+            "latency_overhead_ms": (
+                round(single_p50 - batch1, 3) if single_p50 is not None and batch1 else None
+            ),
+            "latency_vs_batch1": _ratio(single_p50, batch1),
+        },
+        "stages": {
+            "ort": [vars(figure) for figure in ort.figures] if ort is not None else [],
+            "triton": [m.summary() for m in results.triton],
+            "gateway": [m.summary() for m in results.gateway],
+            "baseline": [m.summary() for m in results.baseline],
+        },
+        "settings": results.settings,
+        "fairness": list(FAIRNESS),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: BenchResults, document: dict[str, Any]) -> str:
+    """Return the human-readable table and ratios."""
+    lines = [
+        f"{'stage':<22}{'conc/batch':>10}{'img/s':>10}{'p50 ms':>10}{'p95 ms':>10}"
+        f"{'p99 ms':>10}{'errors':>8}"
+    ]
+    if results.ort is not None:
+        for figure in results.ort.figures:
+            lines.append(
+                f"{'ORT alone (limit)':<22}{'b=' + str(figure.batch_size):>10}"
+                f"{figure.images_per_s:>10.2f}{figure.latency_p50_ms:>10.1f}"
+                f"{'':>10}{figure.latency_p99_ms:>10.1f}{'':>8}"
+            )
+    for title, measurements in (
+        ("Triton gRPC alone", results.triton),
+        ("gateway + Triton", results.gateway),
+        ("seed baseline (Flask)", results.baseline),
+    ):
+        for m in measurements:
+            lines.append(
+                f"{title:<22}{'c=' + str(m.concurrency):>10}{m.throughput:>10.2f}"
+                f"{m.percentile(50):>10.1f}{m.percentile(95):>10.1f}"
+                f"{m.percentile(99):>10.1f}{m.errors:>8}"
+            )
+    lines += _breakdown_lines(results.gateway)
+    ratios = document["ratios"]
+    lines += [
+        "",
+        f"ONNX Runtime limit:          {_fmt(document['ort_limit_ips'])} img/s "
+        f"(batch {document['ort_best_batch']}), batch-1 latency "
+        f"{_fmt(document['batch1_latency_ms'], 1)} ms",
+        f"whole path / ORT limit:      {_fmt(ratios['whole_path_vs_ort_limit'], 3)}",
+        f"whole path / baseline:       {_fmt(ratios['whole_path_vs_baseline'], 3)}  "
+        "by concurrency: "
+        + ", ".join(
+            f"c={k}: {_fmt(v, 3)}"
+            for k, v in ratios["whole_path_vs_baseline_by_concurrency"].items()
+        ),
+        f"Triton / ORT limit:          {_fmt(ratios['triton_vs_ort_limit'], 3)}",
+        f"single-client p50 overhead:  {_fmt(ratios['latency_overhead_ms'], 1)} ms over batch-1 "
+        f"inference (x{_fmt(ratios['latency_vs_batch1'])})",
+        f"errors:                      {document['errors']}",
+    ]
+    return "\n".join(lines)
+
+
+def _breakdown_lines(measurements: Sequence[Measurement]) -> list[str]:
+    """Where the gateway's time goes, from its own /metrics, one line per concurrency level."""
+    lines = []
+    for m in measurements:
+        phases = m.server_breakdown_ms
+        if "request" not in phases:
+            continue
+        client_mean = sum(m.latencies_ms) / m.completed if m.completed else 0.0
+        names = [name for name in ("decode", "preprocess", "triton", "other") if name in phases]
+        inner = " + ".join(f"{name} {phases[name]:.1f}" for name in names)
+        lines.append(
+            f"  c={m.concurrency:<3} client mean {client_mean:7.1f} ms = gateway "
+            f"{phases['request']:.1f} ({inner}) + queue/transport "
+            f"{client_mean - phases['request']:.1f}"
+        )
+    if lines:
+        lines.insert(0, "\nwhole path, mean ms per request (gateway's /metrics, incl. warm-up):")
+    return lines
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    """Write the JSON document (parent folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def write_chart(results: BenchResults, document: dict[str, Any], path: Path) -> None:
+    """Draw throughput by stage and concurrency, and the HTTP paths' latency, into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    series = (
+        ("Triton gRPC", results.triton),
+        ("gateway + Triton", results.gateway),
+        ("seed baseline", results.baseline),
+    )
+    levels = sorted({m.concurrency for _, ms in series for m in ms})
+    width = 0.8 / max(1, len(series))
+    for offset, (label, measurements) in enumerate(series):
+        by_level = {m.concurrency: m.throughput for m in measurements}
+        left.bar(
+            [i + offset * width for i in range(len(levels))],
+            [by_level.get(level, 0.0) for level in levels],
+            width,
+            label=label,
+        )
+    if document["ort_limit_ips"] is not None:
+        left.axhline(
+            document["ort_limit_ips"],
+            color="black",
+            linestyle="--",
+            label=f"ORT limit (batch {document['ort_best_batch']})",
+        )
+    left.set_xticks(
+        [i + width * (len(series) - 1) / 2 for i in range(len(levels))],
+        [f"c={level}" for level in levels],
+    )
+    left.set_ylabel("images / s")
+    left.set_title("Throughput")
+    left.legend(fontsize="small")
+    for colour, (label, measurements) in zip(("tab:orange", "tab:green"), series[1:], strict=True):
+        xs = [m.concurrency for m in measurements]
+        for q, style in ((50, "-o"), (99, ":x")):
+            right.plot(
+                xs,
+                [m.percentile(q) for m in measurements],
+                style,
+                color=colour,
+                label=f"{label} p{q}",
+            )
+    if document["batch1_latency_ms"] is not None:
+        right.axhline(
+            document["batch1_latency_ms"],
+            color="black",
+            linestyle="--",
+            label="ORT batch-1 latency",
+        )
+    right.set_xscale("log", base=2)
+    right.set_xticks(levels, [str(level) for level in levels])
+    right.minorticks_off()
+    right.set_xlabel("concurrent clients")
+    right.set_ylabel("latency, ms")
+    right.set_title("HTTP latency")
+    right.legend(fontsize="small")
+    settings = results.settings
+    figure.suptitle(
+        f"{settings.get('model')} - {settings.get('payload')} payloads - "
+        f"{settings.get('cpu_count')} CPUs"
+    )
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,207 @@
+"""The model under test: published with the export CLI, then read as the contract describes.
+
+By default the benchmark saves seeded random weights for a torchvision architecture
+(``python -m bench.seed_server --save-state-dict``), publishes them with
+``python -m export --weights PATH`` and hands the same file to the baseline, so both sides
+run the very same weights. ``efficientnet_lite0`` uses its packaged ImageNet weights on
+both sides. ``--repository DIR`` reuses a published model instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.payloads import Preprocess
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGED_WEIGHTS_MODELS = ("efficientnet_lite0",)
+EXPORT_TIMEOUT_S = 900.0
+_PARAMETER = re.compile(
+    r'key:\s*"(?P<key>[^"]+)"\s*value\s*\{\s*string_value:\s*"(?P<value>[^"]*)"\s*\}'
+)
+
+
+class RepositoryError(Exception):
+    """The model could not be published or the repository does not hold a usable model."""
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """A model version in a Triton repository, with what the baseline needs to rebuild it."""
+
+    repository: Path
+    name: str
+    version: str
+    arch: str
+    preprocess: Preprocess
+    state_dict: Path | None
+    weights_note: str
+
+    @property
+    def version_dir(self) -> Path:
+        """The version's directory."""
+        return self.repository / self.name / self.version
+
+    @property
+    def onnx_path(self) -> Path:
+        """The published model.onnx."""
+        return self.version_dir / "model.onnx"
+
+    @property
+    def labels_path(self) -> Path:
+        """The model-level labels.txt."""
+        return self.repository / self.name / "labels.txt"
+
+
+def config_parameters(config_text: str) -> dict[str, str]:
+    """Return the string parameters of a config.pbtxt (key -> string_value)."""
+    return {match["key"]: match["value"] for match in _PARAMETER.finditer(config_text)}
+
+
+def preprocess_from(parameters: dict[str, str]) -> Preprocess:
+    """Build the preprocessing the contract's `preprocess_*` parameters describe."""
+    try:
+        mean = tuple(float(v) for v in parameters["preprocess_mean"].split(","))
+        std = tuple(float(v) for v in parameters["preprocess_std"].split(","))
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError("mean and std need three values")
+        return Preprocess(
+            resize_size=int(parameters["preprocess_resize_size"]),
+            crop_size=int(parameters["preprocess_crop_size"]),
+            mean=(mean[0], mean[1], mean[2]),
+            std=(std[0], std[1], std[2]),
+            interpolation=parameters.get("preprocess_interpolation", "bilinear"),
+        )
+    except (KeyError, ValueError) as error:
+        message = f"config.pbtxt lacks usable preprocess_* parameters: {error}"
+        raise RepositoryError(message) from None
+
+
+def latest_version(model_dir: Path) -> str:
+    """Return the highest numeric version directory of a model."""
+    versions = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise RepositoryError(f"{model_dir} has no published version (no numeric directory)")
+    return max(versions, key=int)
+
+
+def read_published(
+    repository: Path, name: str, arch: str, state_dict: Path | None, weights_note: str
+) -> PublishedModel:
+    """Read a published model's latest version and contract parameters from `repository`."""
+    model_dir = repository / name
+    config = model_dir / "config.pbtxt"
+    if not config.is_file():
+        raise RepositoryError(f"{config} does not exist: publish {name!r} with `python -m export`")
+    parameters = config_parameters(config.read_text(encoding="utf-8"))
+    version = latest_version(model_dir)
+    if not (model_dir / version / "model.onnx").is_file():
+        raise RepositoryError(f"{model_dir / version} has no model.onnx")
+    return PublishedModel(
+        repository=repository,
+        name=name,
+        version=version,
+        arch=arch,
+        preprocess=preprocess_from(parameters),
+        state_dict=state_dict,
+        weights_note=weights_note,
+    )
+
+
+def _run(command: list[str], what: str) -> None:
+    try:
+        completed = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=EXPORT_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RepositoryError(f"{what} did not finish within {EXPORT_TIMEOUT_S:.0f} s") from None
+    if completed.returncode != 0:
+        tail = "\n".join((completed.stdout + completed.stderr).strip().splitlines()[-15:])
+        raise RepositoryError(f"{what} failed (exit {completed.returncode}):\n{tail}")
+
+
+def publish(model: str, repository: Path, workdir: Path) -> PublishedModel:
+    """Publish `model` into `repository` with the export CLI, weights shared with the baseline."""
+    if model in PACKAGED_WEIGHTS_MODELS:
+        weights, state_dict, note = "imagenet", None, "packaged ImageNet weights on both sides"
+    else:
+        state_dict = workdir / f"{model}-seed0.pt"
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "bench.seed_server",
+                "--arch",
+                model,
+                "--save-state-dict",
+                str(state_dict),
+            ],
+            f"saving seeded weights for {model}",
+        )
+        weights, note = str(state_dict), "the same seeded random state_dict on both sides"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "--model",
+            model,
+            "--weights",
+            weights,
+            "--repository",
+            str(repository),
+            "--name",
+            model,
+            "--version",
+            "1",
+        ],
+        f"`python -m export --model {model}`",
+    )
+    return read_published(repository, model, model, state_dict, note)
+
+
+def _checkpoint_path(provenance: dict[str, Any]) -> Path | None:
+    """The state_dict file export.json names (``weights.path``), if it still exists."""
+    weights = provenance.get("weights")
+    path = weights.get("path") if isinstance(weights, dict) else weights
+    if isinstance(path, str) and path and Path(path).is_file():
+        return Path(path)
+    return None
+
+
+def reuse(repository: Path, model: str) -> PublishedModel:
+    """Read a published model; the baseline gets its weights when export.json names them."""
+    model_dir = repository / model
+    if not model_dir.is_dir():
+        raise RepositoryError(f"{repository} holds no model named {model!r}")
+    provenance: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        provenance = json.loads((model_dir / latest_version(model_dir) / "export.json").read_text())
+    arch = str(provenance.get("architecture") or model)
+    if arch in PACKAGED_WEIGHTS_MODELS:
+        return read_published(repository, model, arch, None, "packaged ImageNet weights")
+    checkpoint = _checkpoint_path(provenance)
+    if checkpoint is not None:
+        return read_published(
+            repository, model, arch, checkpoint, f"the published state_dict {checkpoint}"
+        )
+    return read_published(
+        repository,
+        model,
+        arch,
+        None,
+        "baseline uses untrained weights of the same architecture (not the published ones); "
+        "speed is unaffected",
+    )

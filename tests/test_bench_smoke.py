@@ -1,0 +1,88 @@
+"""Smoke test of `python -m bench`: every stage runs for real and gives numbers (no speed asserted).
+
+It publishes the small untrained mobilenet_v3_small with the export CLI, starts the real
+Triton, the gateway under gunicorn and the seed Flask baseline, and measures each for about
+a second. Source photos come from scikit-image, written to a temporary folder, so the test
+does not depend on ../shared/imagenet-samples.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import skimage.data
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SMOKE_TIMEOUT_S = 300
+HEADLINE_KEYS = (
+    "ort_limit_ips",
+    "triton_ips",
+    "whole_path_ips",
+    "baseline_ips",
+    "batch1_latency_ms",
+    "single_client_p50_ms",
+)
+
+
+def _write_photos(folder: Path) -> None:
+    folder.mkdir()
+    for name in ("chelsea", "coffee"):
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, name)()).save(buffer, format="JPEG", quality=90)
+        (folder / f"{name}.jpg").write_bytes(buffer.getvalue())
+
+
+@pytest.mark.e2e
+def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) -> None:
+    """`python -m bench --smoke` measures all four stages, writes the JSON keys and a PNG chart."""
+    photos = tmp_path / "photos"
+    _write_photos(photos)
+    json_path = tmp_path / "bench.json"
+    results_dir = tmp_path / "results"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--model",
+            "mobilenet_v3_small",
+            "--images",
+            str(photos),
+            "--json",
+            str(json_path),
+            "--results-dir",
+            str(results_dir),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    document = json.loads(json_path.read_text())
+    for key in HEADLINE_KEYS:
+        assert isinstance(document[key], float) and document[key] > 0, (key, document[key])
+    assert document["errors"] == 0
+    assert document["ort_best_batch"] in (1, 2)
+    stages = document["stages"]
+    assert [figure["batch_size"] for figure in stages["ort"]] == [1, 2]
+    for stage in ("triton", "gateway", "baseline"):
+        assert [m["concurrency"] for m in stages[stage]] == [1, 2], stage
+        assert all(m["completed"] > 0 and m["p99_ms"] >= m["p50_ms"] > 0 for m in stages[stage])
+    assert set(stages["gateway"][0]["server_breakdown_ms"]) >= {"request", "decode", "triton"}
+    assert document["ratios"]["whole_path_vs_baseline"] > 0
+    assert document["settings"]["payload"] == "1080p"
+    assert "2 photos from" in document["settings"]["payload_source"]
+    run_dirs = [path for path in results_dir.iterdir() if path.name != "cache"]
+    assert len(run_dirs) == 1
+    assert (run_dirs[0] / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run_dirs[0] / "results.json").read_text()) == document
+    assert "whole path / baseline" in completed.stdout

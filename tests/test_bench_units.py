@@ -1,0 +1,319 @@
+"""Unit tests of the benchmark's parts: payloads, parsing, load generator, reporting, seed app."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from torchvision import transforms
+
+from bench import cli, gateway_metrics, payloads
+from bench.loadgen import HttpTarget, Measurement, measure
+from bench.ort_limit import BatchFigure, OrtLimit
+from bench.report import BenchResults, table, to_json
+from bench.repository import RepositoryError, config_parameters, preprocess_from
+from bench.seed_server import create_app
+from bench.servers import ServerError, ServerProcess
+
+CONTRACT_CONFIG = """
+name: "m"
+parameters { key: "preprocess_resize_size"   value { string_value: "256" } }
+parameters { key: "preprocess_crop_size"     value { string_value: "224" } }
+parameters { key: "preprocess_mean"          value { string_value: "0.5,0.4,0.3" } }
+parameters { key: "preprocess_std"           value { string_value: "0.2,0.25,0.3" } }
+parameters { key: "preprocess_interpolation" value { string_value: "bicubic" } }
+parameters { key: "model_source" value { string_value: "torchvision:resnet50:x" } }
+"""
+
+
+def _photo(name: str) -> npt.NDArray[np.uint8]:
+    """One of scikit-image's sample photos (the package's functions are untyped)."""
+    array: npt.NDArray[np.uint8] = getattr(skimage.data, name)()
+    return array
+
+
+def _jpeg(array: npt.NDArray[np.uint8]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("photo", ["chelsea", "rocket"])
+@pytest.mark.parametrize("rotate", [False, True])
+def test_preprocess_matches_torchvision_exactly(photo: str, rotate: bool) -> None:
+    """The pre-made tensors equal torchvision's Resize/CenterCrop/ToTensor/Normalize on PIL."""
+    array = _photo(photo)
+    jpeg = _jpeg(np.ascontiguousarray(np.rot90(array)) if rotate else array)
+    params = preprocess_from(config_parameters(CONTRACT_CONFIG))
+    reference = transforms.Compose(
+        [
+            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5, 0.4, 0.3], [0.2, 0.25, 0.3]),
+        ]
+    )(Image.open(io.BytesIO(jpeg)).convert("RGB")).numpy()
+    ours = payloads.preprocess(jpeg, params)
+    assert ours.shape == (3, 224, 224) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
+
+
+def test_config_parameters_are_read_and_missing_ones_rejected() -> None:
+    """preprocess_from reads the contract's parameters and refuses a config without them."""
+    params = preprocess_from(config_parameters(CONTRACT_CONFIG))
+    assert (params.resize_size, params.crop_size, params.interpolation) == (256, 224, "bicubic")
+    assert params.mean == (0.5, 0.4, 0.3) and params.std == (0.2, 0.25, 0.3)
+    with pytest.raises(RepositoryError, match="preprocess_"):
+        preprocess_from(config_parameters('name: "m"'))
+
+
+def test_upscale_to_1080p_gives_full_hd_jpeg() -> None:
+    """A small photo becomes a 1920x1080 JPEG."""
+    upscaled = payloads.upscale_to_1080p(_jpeg(_photo("coffee")))
+    with Image.open(io.BytesIO(upscaled)) as image:
+        assert (image.format, image.size) == ("JPEG", (1920, 1080))
+
+
+def test_payloads_fall_back_to_scikit_image_and_cache_by_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the shared ImageNet folder the photos are scikit-image's; the cache is reused."""
+    monkeypatch.setattr(payloads, "SHARED_SAMPLES", tmp_path / "absent")
+    first = payloads.build_payloads("1080p", None, 2, tmp_path / "cache")
+    assert "scikit-image" in first.source and len(first.jpegs) == 2
+    cached = sorted((tmp_path / "cache" / "1080p").iterdir())
+    assert [path.name.split("-")[0] for path in cached] == ["chelsea", "coffee"]
+    again = payloads.build_payloads("1080p", None, 2, tmp_path / "cache")
+    assert again.jpegs == first.jpegs
+
+
+def test_payloads_from_a_folder_are_spread_and_bad_folders_rejected(tmp_path: Path) -> None:
+    """--images picks evenly spread files; a missing or empty folder is a clear PayloadError."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    jpeg = _jpeg(_photo("chelsea"))
+    for index in range(6):
+        (folder / f"p{index}.jpg").write_bytes(jpeg)
+    chosen = payloads.build_payloads("imagenet", folder, 3, tmp_path / "cache")
+    assert chosen.jpegs == (jpeg, jpeg, jpeg) and "3 photos from" in chosen.source
+    with pytest.raises(payloads.PayloadError, match="no such folder"):
+        payloads.build_payloads("imagenet", tmp_path / "missing", 3, tmp_path / "cache")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(payloads.PayloadError, match="no image files"):
+        payloads.build_payloads("imagenet", tmp_path / "empty", 3, tmp_path / "cache")
+
+
+def test_request_body_is_a_base64_jpeg_data_url() -> None:
+    """The JSON body carries the exact JPEG bytes as a data URL."""
+    jpeg = _jpeg(_photo("chelsea"))
+    image = json.loads(payloads.request_body(jpeg))["image"]
+    prefix, _, encoded = image.partition(",")
+    assert prefix == "data:image/jpeg;base64" and base64.b64decode(encoded) == jpeg
+
+
+def test_measurement_percentiles_and_throughput() -> None:
+    """Percentiles interpolate between ranks; throughput counts successes over the window."""
+    measurement = Measurement(
+        concurrency=2, window_s=2.0, latencies_ms=[float(v) for v in range(1, 101)]
+    )
+    assert measurement.throughput == 50.0
+    assert measurement.percentile(50) == pytest.approx(50.5)
+    assert measurement.percentile(99) == pytest.approx(99.01)
+    assert Measurement(concurrency=1, window_s=1.0).percentile(50) == 0.0
+
+
+class _AlternatingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers 200 and 503 in turn, keeping connections alive."""
+
+    protocol_version = "HTTP/1.1"
+    count = 0
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        """Read the body, answer alternately 200 and 503."""
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with self.lock:
+            type(self).count += 1
+            status = 200 if self.count % 2 else 503
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Stay quiet."""
+
+
+@pytest.fixture
+def alternating_server() -> Iterator[int]:
+    """A local threaded HTTP server on 127.0.0.1 that fails every other request."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AlternatingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_load_generator_counts_successes_and_errors(alternating_server: int) -> None:
+    """A window against a half-failing server reports both successes and HTTP errors."""
+    target = HttpTarget("127.0.0.1", alternating_server, "/analyze", bodies=(b"{}", b"[]"))
+    result = measure(target, concurrency=2, warmup_s=0.1, duration_s=0.5)
+    assert result.concurrency == 2 and result.completed > 0 and result.errors > 0
+    assert all(latency > 0 for latency in result.latencies_ms)
+    assert any("HTTP 503" in sample for sample in result.error_samples)
+
+
+def test_load_generator_counts_refused_connections_as_errors() -> None:
+    """Nobody listening: every request is an error and nothing counts as completed."""
+    from bench.servers import free_port
+
+    target = HttpTarget("127.0.0.1", free_port(), "/analyze", bodies=(b"{}",))
+    result = measure(target, concurrency=1, warmup_s=0.0, duration_s=0.3)
+    assert result.completed == 0 and result.errors > 0
+
+
+def test_gateway_breakdown_from_real_prometheus_exposition() -> None:
+    """Phase means come from histogram sum/count deltas; non-analyze routes are left out."""
+    registry = CollectorRegistry()
+    request = Histogram("gateway_request_duration_seconds", "r", ["route"], registry=registry)
+    triton = Histogram("gateway_triton_duration_seconds", "t", ["model"], registry=registry)
+    request.labels("/analyze").observe(1.0)
+    before = gateway_metrics.parse(generate_latest(registry).decode())
+    request.labels("/analyze").observe(0.040)
+    request.labels("/analyze").observe(0.060)
+    request.labels("/metrics").observe(5.0)
+    triton.labels("m").observe(0.010)
+    triton.labels("m").observe(0.030)
+    after = gateway_metrics.parse(generate_latest(registry).decode())
+    means = gateway_metrics.breakdown(before, after)
+    assert means["request"] == pytest.approx(50.0)
+    assert means["triton"] == pytest.approx(20.0)
+    assert means["other"] == pytest.approx(30.0)
+    assert "decode" not in means
+    assert gateway_metrics.breakdown(None, after) == {}
+
+
+def test_report_json_has_the_headline_keys_and_ratios() -> None:
+    """to_json derives best throughputs, ratios and error totals from the measurements."""
+
+    def window(concurrency: int, latencies: list[float], errors: int = 0) -> Measurement:
+        return Measurement(concurrency, 1.0, latencies_ms=latencies, errors=errors)
+
+    results = BenchResults(
+        settings={"model": "m"},
+        ort=OrtLimit(
+            [BatchFigure(1, 100.0, 10.0, 12.0, 100), BatchFigure(4, 200.0, 20.0, 25.0, 50)]
+        ),
+        triton=[window(1, [10.0] * 90), window(4, [20.0] * 180)],
+        gateway=[window(1, [30.0] * 30, errors=1), window(4, [40.0] * 100)],
+        baseline=[window(1, [50.0] * 20), window(4, [80.0] * 50, errors=2)],
+    )
+    document = to_json(results)
+    assert document["ort_limit_ips"] == 200.0 and document["ort_best_batch"] == 4
+    assert (document["triton_ips"], document["whole_path_ips"], document["baseline_ips"]) == (
+        180.0,
+        100.0,
+        50.0,
+    )
+    assert document["batch1_latency_ms"] == 10.0 and document["single_client_p50_ms"] == 30.0
+    assert document["errors"] == 3
+    ratios = document["ratios"]
+    assert ratios["whole_path_vs_ort_limit"] == 0.5 and ratios["whole_path_vs_baseline"] == 2.0
+    assert ratios["whole_path_vs_baseline_by_concurrency"] == {"1": 1.5, "4": 2.0}
+    assert ratios["latency_overhead_ms"] == 20.0 and ratios["latency_vs_batch1"] == 3.0
+    assert "whole path / baseline:       2.000" in table(results, document)
+
+
+def test_report_json_tolerates_skipped_stages() -> None:
+    """Stages not run leave their keys null rather than failing."""
+    document = to_json(BenchResults(settings={}, gateway=[Measurement(1, 1.0, [5.0])]))
+    assert document["ort_limit_ips"] is None and document["baseline_ips"] is None
+    assert document["whole_path_ips"] == 1.0 and document["ratios"]["latency_overhead_ms"] is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--concurrency", "0"], "--concurrency"),
+        (["--concurrency", "a,b"], "comma-separated"),
+        (["--stages", "ort,nope"], "--stages"),
+        (["--duration", "0"], "--duration"),
+        (["--repository", "/nonexistent/repo"], "no such folder"),
+    ],
+)
+def test_cli_rejects_bad_values_with_a_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad options exit 2 with a one-line usage error, no traceback."""
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+
+
+def test_cli_smoke_defaults() -> None:
+    """--smoke picks the small model, short windows and concurrency 1,2; batch 1 is always kept."""
+    args = cli.settle(cli.parse_args(["--smoke", "--batch-sizes", "4"]))
+    assert args.model == "mobilenet_v3_small" and args.duration == 1.0
+    assert args.concurrency == [1, 2] and args.batch_sizes == [1, 4]
+    full = cli.settle(cli.parse_args([]))
+    assert full.model == "resnet50" and full.concurrency == [1, 4, 16]
+
+
+class _TinyClassifier(torch.nn.Module):
+    """Mean colour -> 6 logits: enough to exercise the seed app without a real network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 6)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Average pixels per channel, then a linear layer."""
+        logits: torch.Tensor = self.linear(batch.mean(dim=(2, 3)))
+        return logits
+
+
+def test_seed_app_answers_the_gateway_shape_and_rejects_bad_images() -> None:
+    """The baseline classifies a data-URL JPEG and answers 400 JSON for garbage."""
+    labels = [f"class{index}" for index in range(6)]
+    transform = transforms.Compose(
+        [transforms.Resize(32), transforms.CenterCrop(32), transforms.ToTensor()]
+    )
+    client = create_app(_TinyClassifier().eval(), transform, labels).test_client()
+    body = json.loads(payloads.request_body(_jpeg(_photo("chelsea"))))
+    answer = client.post("/analyze", json=body)
+    assert answer.status_code == 200
+    document = answer.get_json()
+    assert document["label"] in labels and len(document["predictions"]) == 5
+    assert 0 < document["confidence"] <= 1
+    assert document["predictions"][0]["label"] == document["label"]
+    for bad in ({"image": "not base64!"}, {"nothing": 1}):
+        rejected = client.post("/analyze", json=bad)
+        assert rejected.status_code == 400 and "error" in rejected.get_json()
+
+
+def test_server_that_exits_early_reports_its_log(tmp_path: Path) -> None:
+    """A server process that dies before it is ready raises ServerError with its log tail."""
+    server = ServerProcess(
+        "doomed",
+        [sys.executable, "-c", "print('cannot start: no model'); raise SystemExit(3)"],
+        {},
+        tmp_path / "doomed.log",
+    )
+    with pytest.raises(ServerError, match="cannot start: no model"):
+        server.wait_ready("http://127.0.0.1:9/ready", timeout_s=30)
+    server.stop()
