@@ -1,23 +1,31 @@
 """export_and_publish: resolve the model, export ONNX into staging, validate, publish atomically.
 
 Steps (each a separate module): sources -> onnx_export -> validate -> triton_config/publish.
-A later `--quantize int8` slots in between export and validation (a transform of the staged
-model.onnx) with its own ParityPolicy; nothing else needs to change.
+With `--quantize int8` the validated fp32 model is written to a scratch directory instead, and
+quant_step turns it into the staged int8 model.onnx (calibrated, validated against fp32).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from export.errors import UsageError, VersionExistsError
 from export.labels import render_labels
-from export.onnx_export import OnnxInfo, export_onnx
+from export.onnx_export import OnnxInfo, export_onnx, inspect_onnx
 from export.preprocessing import Preprocessing
 from export.progress import Progress
 from export.publish import VersionPublisher
+from export.quant_step import (
+    QuantizationOutcome,
+    QuantizeOptions,
+    check_quantize_options,
+    quantize_and_validate,
+)
+from export.quantize import QUANTIZATION_TAG
 from export.repository import check_model_name, check_repository_usable
 from export.sources import (
     DEFAULT_MODEL,
@@ -49,11 +57,14 @@ class ExportOptions:
     force: bool = False
     offline: bool = False
     parity: ParityPolicy = field(default_factory=ParityPolicy)
+    quantize: QuantizeOptions | None = None
 
     @property
     def model_name(self) -> str:
-        """The Triton model name: --name, else the architecture's name."""
-        return self.name or self.model
+        """The Triton model name: --name, else the architecture's name (+ '_int8' if quantized)."""
+        if self.name:
+            return self.name
+        return f"{self.model}_int8" if self.quantize is not None else self.model
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class ExportResult:
     source: str
     preprocessing: Preprocessing
     num_classes: int
+    quantization: QuantizationOutcome | None = None
 
 
 def check_options(options: ExportOptions) -> None:
@@ -86,6 +98,8 @@ def check_options(options: ExportOptions) -> None:
     if options.version is not None and options.version < 1:
         raise UsageError(f"--version must be at least 1, got {options.version}")
     check_repository_usable(options.repository)
+    if options.quantize is not None:
+        check_quantize_options(options.quantize)
     version_dir = options.repository / options.model_name / str(options.version)
     if options.version is not None and version_dir.exists() and not options.force:
         raise VersionExistsError(
@@ -109,20 +123,30 @@ def export_and_publish(options: ExportOptions, progress: Progress | None = None)
     with VersionPublisher(
         options.repository, options.model_name, options.version, options.force, progress
     ) as publisher:
-        with progress.step(f"Exporting {resolved.architecture} to ONNX (opset 17)"):
-            onnx_info = export_onnx(resolved.module, publisher.onnx_path, resolved.input_shape)
-        publisher.after_model_written()
-        with progress.step("Validating: onnx.checker (full_check) and ONNX Runtime vs PyTorch"):
-            report = validate(
-                resolved.module, publisher.onnx_path, resolved.input_shape, options.parity
+        if options.quantize is None:
+            onnx_info, report = _export_and_validate(
+                options, resolved, publisher.onnx_path, progress
             )
-        for line in report.lines():
-            progress.info(f"  {line}")
+            quantization = None
+        else:
+            # The fp32 model never enters staging: only the int8 model is published.
+            with tempfile.TemporaryDirectory(prefix="export-fp32-") as scratch:
+                fp32_path = Path(scratch) / publisher.onnx_path.name
+                _, report = _export_and_validate(options, resolved, fp32_path, progress)
+                quantization = quantize_and_validate(
+                    fp32_path,
+                    publisher.onnx_path,
+                    resolved.preprocessing,
+                    _quantize_options_for(options.quantize, options, resolved),
+                    progress,
+                )
+            onnx_info = inspect_onnx(publisher.onnx_path)
+        publisher.after_model_written()
         config = _triton_config(options, resolved, onnx_info)
         published = publisher.commit(
             labels_text=render_labels(resolved.labels),
             config_text=render_config(config),
-            metadata=_export_metadata(resolved, onnx_info, report),
+            metadata=_export_metadata(resolved, onnx_info, report, quantization),
         )
     model_path = published.version_dir / onnx_info.path.name
     return ExportResult(
@@ -141,7 +165,29 @@ def export_and_publish(options: ExportOptions, progress: Progress | None = None)
         source=resolved.source,
         preprocessing=resolved.preprocessing,
         num_classes=resolved.num_classes,
+        quantization=quantization,
     )
+
+
+def _export_and_validate(
+    options: ExportOptions, resolved: ResolvedModel, destination: Path, progress: Progress
+) -> tuple[OnnxInfo, ValidationReport]:
+    """Export the fp32 model to `destination` and validate it against PyTorch."""
+    with progress.step(f"Exporting {resolved.architecture} to ONNX (opset 17)"):
+        onnx_info = export_onnx(resolved.module, destination, resolved.input_shape)
+    with progress.step("Validating: onnx.checker (full_check) and ONNX Runtime vs PyTorch"):
+        report = validate(resolved.module, destination, resolved.input_shape, options.parity)
+    for line in report.lines():
+        progress.info(f"  {line}")
+    return onnx_info, report
+
+
+def _quantize_options_for(
+    quantize: QuantizeOptions, options: ExportOptions, resolved: ResolvedModel
+) -> QuantizeOptions:
+    """Labelled accuracy only makes sense for ImageNet's 1000 classes in ImageNet's order."""
+    imagenet_classes = options.labels is None and resolved.num_classes == 1000
+    return replace(quantize, use_labels=quantize.use_labels and imagenet_classes)
 
 
 def _triton_config(
@@ -158,14 +204,18 @@ def _triton_config(
         trained=resolved.trained,
         source=resolved.source,
         max_batch_size=options.max_batch_size,
+        extra_parameters={"quantization": QUANTIZATION_TAG} if options.quantize else {},
     )
 
 
 def _export_metadata(
-    resolved: ResolvedModel, onnx_info: OnnxInfo, report: ValidationReport
+    resolved: ResolvedModel,
+    onnx_info: OnnxInfo,
+    report: ValidationReport,
+    quantization: QuantizationOutcome | None = None,
 ) -> dict[str, object]:
     """Provenance recorded as <version>/export.json (name and version are added at commit)."""
-    return {
+    metadata: dict[str, object] = {
         "source": resolved.source,
         "architecture": resolved.architecture,
         "weights": resolved.provenance,
@@ -196,6 +246,10 @@ def _export_metadata(
             for package in ("torch", "torchvision", "onnx", "onnxruntime")
         },
     }
+    if quantization is not None:
+        # "onnx"/"validation" above describe the published int8 file and the fp32 parity check.
+        metadata["quantization"] = quantization.as_dict()
+    return metadata
 
 
 def _version_of(package: str) -> str:

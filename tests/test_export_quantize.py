@@ -1,0 +1,183 @@
+"""`python -m export --quantize int8`: a real int8 EfficientNet-Lite0, calibrated on skimage photos.
+
+Everything runs through the real CLI in a subprocess; the published files are then checked against
+docs/model-contract.md with helpers written independently of export/ (tests.export_support).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime
+import pytest
+import skimage.data
+from onnx import numpy_helper
+from PIL import Image
+
+from tests.export_support import config_parameters, parse_config, preprocess, snapshot
+from tests.fixtures.models import run_export
+
+MODEL_NAME = "efficientnet_lite0_int8"
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
+COFFEE_CLASSES = {"espresso", "cup"}
+QUANTIZE_ARGS = ("--model", "efficientnet_lite0", "--quantize", "int8")
+# scikit-image's photos: the suite must not depend on ../shared/imagenet-samples.
+SKIMAGE_ARGS = ("--calibration-images", "skimage")
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A repository into which the CLI published the int8 Lite0 (default name), and its stdout."""
+    repository = tmp_path_factory.mktemp("int8") / "model_repository"
+    result = run_export(*QUANTIZE_ARGS, *SKIMAGE_ARGS, "--repository", str(repository))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return repository, result.stdout
+
+
+def _model_dir(int8_export: tuple[Path, str]) -> Path:
+    """The published model's directory."""
+    return int8_export[0] / MODEL_NAME
+
+
+def test_published_under_the_int8_name_with_a_report(int8_export: tuple[Path, str]) -> None:
+    """Default name <model>_int8, version 1; the summary gives agreement, size and speed."""
+    repository, stdout = int8_export
+    assert sorted(entry.name for entry in repository.iterdir()) == [MODEL_NAME]
+    assert (repository / MODEL_NAME / "1" / "model.onnx").is_file()
+    assert f"Published {MODEL_NAME} version 1" in stdout
+    assert "top-1 agreement" in stdout
+    assert "size: fp32" in stdout
+    assert "images/s" in stdout
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, npt.NDArray[np.generic]]:
+    """Initializer name -> numpy array."""
+    return {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+
+
+def test_graph_is_qdq_with_per_channel_int8_conv_weights(int8_export: tuple[Path, str]) -> None:
+    """QuantizeLinear/DequantizeLinear present; conv weights int8 with one scale per channel."""
+    model = onnx.load(str(_model_dir(int8_export) / "1" / "model.onnx"))
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10
+    assert ops.count("DequantizeLinear") > 10
+    assert "QLinearConv" not in ops  # QDQ format, not QOperator
+    values = _initializers(model)
+    producers = {output: node for node in model.graph.node for output in node.output}
+    per_channel_convs = 0
+    for conv in (node for node in model.graph.node if node.op_type == "Conv"):
+        dequantize = producers.get(conv.input[1])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        weight, scale = values[dequantize.input[0]], values[dequantize.input[1]]
+        axis = next((attr.i for attr in dequantize.attribute if attr.name == "axis"), 1)
+        assert weight.dtype == np.int8
+        assert axis == 0
+        assert scale.shape == (weight.shape[0],)
+        per_channel_convs += 1
+    assert per_channel_convs > 40  # Lite0 has 49 convs; the stem may stay float
+
+
+def test_config_keeps_preprocessing_and_records_quantization(
+    int8_export: tuple[Path, str],
+) -> None:
+    """config.pbtxt: Triton-parsable, fp32 input, Lite0's preprocessing, quantization parameter."""
+    config = parse_config(_model_dir(int8_export) / "config.pbtxt")
+    assert config.name == MODEL_NAME
+    assert config.input[0].data_type == 11  # TYPE_FP32: clients keep sending float
+    parameters = config_parameters(config)
+    assert parameters["quantization"] == "int8-qdq-per-channel"
+    assert parameters["preprocess_resize_size"] == "256"
+    assert parameters["preprocess_crop_size"] == "224"
+    assert parameters["preprocess_mean"] == "0.498,0.498,0.498"
+    assert parameters["preprocess_std"] == "0.502,0.502,0.502"
+    assert parameters["preprocess_interpolation"] == "bilinear"
+    assert parameters["model_trained"] == "true"
+
+
+def test_export_json_records_the_int8_validation(int8_export: tuple[Path, str]) -> None:
+    """export.json: the quantization figures that justified publishing."""
+    record = json.loads((_model_dir(int8_export) / "1" / "export.json").read_text())
+    quantization = record["quantization"]
+    assert quantization["scheme"] == "int8-qdq-per-channel"
+    assert quantization["calibration_images"] == "scikit-image sample photos"
+    validation = quantization["validation"]
+    assert validation["passed"] is True
+    assert validation["checker"] == "passed"
+    assert validation["top1_agreement"] >= validation["min_top1_agreement"] == 0.9
+    assert quantization["size_bytes"]["int8"] < 0.6 * quantization["size_bytes"]["fp32"]
+    assert record["onnx"]["size_bytes"] == quantization["size_bytes"]["int8"]
+
+
+@pytest.mark.parametrize(
+    ("photo", "expected"),
+    [(skimage.data.chelsea, CAT_CLASSES), (skimage.data.coffee, COFFEE_CLASSES)],
+    ids=["chelsea-cat", "coffee-espresso"],
+)
+def test_int8_model_still_recognises_real_photos(
+    int8_export: tuple[Path, str],
+    photo: Callable[[], npt.NDArray[np.uint8]],
+    expected: set[str],
+) -> None:
+    """Through its recorded preprocessing, the int8 model names a cat / an espresso or cup."""
+    model_dir = _model_dir(int8_export)
+    config = parse_config(model_dir / "config.pbtxt")
+    batch = preprocess(Image.fromarray(photo()), config_parameters(config))[np.newaxis]
+    session = onnxruntime.InferenceSession(
+        str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (logits,) = session.run([config.output[0].name], {config.input[0].name: batch})
+    labels = (model_dir / "labels.txt").read_text().splitlines()
+    assert labels[int(np.argmax(logits[0]))] in expected
+
+
+def test_unreachable_agreement_refuses_to_publish(int8_export: tuple[Path, str]) -> None:
+    """--min-agreement 1.01 cannot be met: exit 1, the figures shown, the repository untouched."""
+    repository = int8_export[0]
+    before = snapshot(repository)
+    result = run_export(
+        *QUANTIZE_ARGS, *SKIMAGE_ARGS, "--min-agreement", "1.01", "--repository", str(repository)
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "top-1 agreement" in result.stderr
+    assert "minimum 101.0%" in result.stderr
+    assert "nothing was published" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(repository) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--calibration-count", "10"),
+        ("--min-agreement", "0.5"),
+        ("--calibration-images", "skimage"),
+    ],
+    ids=["count", "agreement", "images"],
+)
+def test_quantize_flags_without_quantize_are_refused(args: tuple[str, ...], tmp_path: Path) -> None:
+    """Calibration flags alone are a usage error (exit 2), not silently ignored."""
+    result = run_export("--model", "efficientnet_lite0", *args, "--repository", str(tmp_path))
+    assert result.returncode == 2
+    assert "only apply with --quantize int8" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_calibration_folder_is_a_usage_error(tmp_path: Path) -> None:
+    """A --calibration-images folder that does not exist: exit 2 before any export work."""
+    result: subprocess.CompletedProcess[str] = run_export(
+        *QUANTIZE_ARGS,
+        "--calibration-images",
+        str(tmp_path / "missing"),
+        "--repository",
+        str(tmp_path / "repo"),
+    )
+    assert result.returncode == 2
+    assert "is not a directory" in result.stderr
+    assert not (tmp_path / "repo").exists()
