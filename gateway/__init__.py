@@ -14,6 +14,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from gateway import routes, telemetry
+from gateway.admission import AdmissionGate
 from gateway.auth import ApiKeyAuth
 from gateway.backend import InferenceBackend
 from gateway.classifier import Classifier
@@ -23,6 +24,7 @@ from gateway.images import ImageLimits
 from gateway.labels import LabelStore
 from gateway.logs import configure_logging
 from gateway.metrics import GatewayMetrics
+from gateway.ratelimit import KeyRateLimiter, parse_rate_limit
 
 #: create_app config key for an InferenceBackend to use instead of Triton (tests).
 BACKEND_KEY = "GATEWAY_BACKEND"
@@ -70,6 +72,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         classifier=classifier,
         auth=ApiKeyAuth(settings.api_keys, enabled=settings.auth_enabled),
         metrics=metrics,
+        admission=AdmissionGate(
+            settings.max_inflight, settings.max_queue, settings.queue_timeout_s
+        ),
+        rate_limiter=(
+            KeyRateLimiter(parse_rate_limit(settings.rate_limit)) if settings.rate_limit else None
+        ),
     )
     register_error_handlers(app)
     telemetry.init_app(app, metrics, classifier.is_known_model)

@@ -20,6 +20,11 @@ GATEWAY_READY_TIMEOUT_S         timeout of the /ready checks (2)
 GATEWAY_MODEL_CACHE_TTL_S       how long model facts are cached (30)
 GATEWAY_DEFAULT_TOP_K           predictions returned when top_k is absent (5)
 GATEWAY_LOG_LEVEL               DEBUG/INFO/WARNING/ERROR/CRITICAL (INFO)
+GATEWAY_MAX_INFLIGHT            /analyze requests working at once, per worker (4)
+GATEWAY_MAX_QUEUE               /analyze requests waiting for a slot, per worker (16)
+GATEWAY_QUEUE_TIMEOUT_S         longest wait for a slot before 503 overloaded (5)
+GATEWAY_RATE_LIMIT              per-API-key limit such as ``100/minute`` or
+                                ``10/second;500/hour``, per worker; empty = off (off)
 ==============================  ==========================================================
 
 gunicorn's own settings (GATEWAY_BIND, GATEWAY_WORKERS, ...) are read by gateway/gunicorn.conf.py.
@@ -31,6 +36,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gateway.ratelimit import RateLimitSyntaxError, parse_rate_limit
 
 PREFIX = "GATEWAY_"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -67,6 +74,10 @@ class Settings:
     model_cache_ttl_s: float = 30.0
     default_top_k: int = 5
     log_level: str = "INFO"
+    max_inflight: int = 4
+    max_queue: int = 16
+    queue_timeout_s: float = 5.0
+    rate_limit: str = ""  # limits' notation; empty: no rate limit
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -106,6 +117,10 @@ class Settings:
             model_cache_ttl_s=env.number("MODEL_CACHE_TTL_S", cls.model_cache_ttl_s, maximum=3600),
             default_top_k=env.integer("DEFAULT_TOP_K", cls.default_top_k, minimum=1, maximum=20),
             log_level=log_level,
+            max_inflight=env.integer("MAX_INFLIGHT", cls.max_inflight, minimum=1, maximum=1024),
+            max_queue=env.integer("MAX_QUEUE", cls.max_queue, minimum=0, maximum=4096),
+            queue_timeout_s=env.number("QUEUE_TIMEOUT_S", cls.queue_timeout_s, maximum=300),
+            rate_limit=_read_rate_limit(env),
         )
 
 
@@ -177,6 +192,20 @@ def _read_api_keys(env: _Env) -> tuple[str, ...]:
                 "an API key contains whitespace or non-ASCII characters (key not shown)"
             )
     return unique
+
+
+def _read_rate_limit(env: _Env) -> str:
+    text = env.raw("RATE_LIMIT")
+    if text is None or text.lower() in _FALSE:
+        return ""
+    try:
+        parse_rate_limit(text)
+    except RateLimitSyntaxError:
+        raise ConfigError(
+            f"GATEWAY_RATE_LIMIT={text!r} must be like 100/minute or 10/second;500/hour "
+            "(empty or off: no limit)"
+        ) from None
+    return text
 
 
 def _read_origins(env: _Env) -> tuple[str, ...]:

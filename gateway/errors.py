@@ -20,11 +20,15 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
-    retry_after_s: ClassVar[int | None] = None
+    retry_after_s: int | None = None  # seconds for Retry-After; a class default, or per error
+    # Expected in bulk (load shedding): counted in metrics, not logged one by one.
+    quiet: ClassVar[bool] = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class BadRequest(GatewayError):
@@ -67,6 +71,23 @@ class UnsupportedMediaType(GatewayError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyRequests(GatewayError):
+    """429: this API key used up its rate limit (GATEWAY_RATE_LIMIT); Retry-After says when."""
+
+    status = 429
+    code = "rate_limited"
+    retry_after_s = 1
+
+
+class Overloaded(GatewayError):
+    """503: this worker's in-flight limit and waiting line are full (GATEWAY_MAX_INFLIGHT)."""
+
+    status = 503
+    code = "overloaded"
+    retry_after_s = 1
+    quiet = True
 
 
 class ModelNotReady(GatewayError):
@@ -129,6 +150,7 @@ _HTTP_CODES: dict[int, tuple[str, str]] = {
     405: ("method_not_allowed", "This endpoint does not accept that HTTP method."),
     413: ("payload_too_large", "The request body is larger than this gateway accepts."),
     415: ("unsupported_media_type", "The request's content type is not supported."),
+    431: ("headers_too_large", "The request's headers are larger than this gateway accepts."),
     429: ("too_many_requests", "Too many requests; slow down."),
 }
 
@@ -138,7 +160,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(GatewayError)
     def handle_gateway_error(exc: GatewayError) -> Response:
-        if exc.status >= 500:
+        if exc.status >= 500 and not exc.quiet:
             log.warning("request failed: %s (%s)", exc.code, exc.message)
         return json_error(exc.status, exc.code, exc.message, retry_after_s=exc.retry_after_s)
 

@@ -3,8 +3,12 @@
     gunicorn -c gateway/gunicorn.conf.py gateway.wsgi:app
 
 GATEWAY_BIND (default 127.0.0.1:8080; the container image sets 0.0.0.0:8080),
-GATEWAY_WORKERS (default 2), GATEWAY_THREADS (default 4, gthread workers),
-GATEWAY_TIMEOUT_S (worker timeout, default 60), GATEWAY_ACCESS_LOG (on/off, default on).
+GATEWAY_WORKERS (default 2), GATEWAY_THREADS (gthread threads per worker; default
+GATEWAY_MAX_INFLIGHT + GATEWAY_MAX_QUEUE + 4, so that beyond the requests working and
+waiting there are always threads free to refuse overload at once and to answer /health,
+/ready and /metrics), GATEWAY_TIMEOUT_S (worker timeout, default 60), GATEWAY_ACCESS_LOG
+(on/off, default on). Errors gunicorn answers itself (431 for huge headers, 414, 400)
+are JSON too (gateway/gunicorn_worker.py).
 With several workers, metrics use prometheus_client's multiprocess mode: set
 PROMETHEUS_MULTIPROC_DIR to an empty directory (a tmpfs in the container), or a
 private temporary directory is made here. The app loads in each worker (no preload),
@@ -33,10 +37,15 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+# Spare threads beyond the admission gate's working and waiting requests (docs/reliability.md).
+SPARE_THREADS = 4
+_max_inflight = _int_env("GATEWAY_MAX_INFLIGHT", 4)
+_max_queue = _int_env("GATEWAY_MAX_QUEUE", 16, minimum=0)
+
 bind = [os.environ.get("GATEWAY_BIND", "").strip() or "127.0.0.1:8080"]
 workers = _int_env("GATEWAY_WORKERS", 2)
-threads = _int_env("GATEWAY_THREADS", 4)
-worker_class = "gthread"
+threads = _int_env("GATEWAY_THREADS", _max_inflight + _max_queue + SPARE_THREADS)
+worker_class = "gateway.gunicorn_worker.JsonErrorThreadWorker"
 # Above the Triton timeout, so a slow Triton gives a 504 JSON answer, not a killed worker.
 timeout = _int_env("GATEWAY_TIMEOUT_S", 60)
 graceful_timeout = 30
@@ -70,6 +79,15 @@ def on_starting(server: Any) -> None:
         Settings.from_env(os.environ)
     except ConfigError as exc:
         sys.exit(f"gateway: configuration error: {exc}")
+    if server.cfg.threads <= _max_inflight + _max_queue:
+        server.log.warning(
+            "GATEWAY_THREADS=%d leaves no thread beyond GATEWAY_MAX_INFLIGHT=%d + "
+            "GATEWAY_MAX_QUEUE=%d: under overload requests wait in gunicorn's queue instead "
+            "of getting a fast 503",
+            server.cfg.threads,
+            _max_inflight,
+            _max_queue,
+        )
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory and server.cfg.workers > 1:
         # Set in the master before any worker exists (and imports prometheus_client):

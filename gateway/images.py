@@ -50,6 +50,13 @@ def decode_base64(text: str | bytes, max_bytes: int) -> bytes:
             raise BadRequest("The data URL is malformed: expected data:<type>;base64,<data>.")
         if b";base64" not in match.group(2).lower():
             raise BadRequest("Only base64 data URLs are accepted (data:<type>;base64,<data>).")
+        declared = (match.group(1) or b"").lower()
+        # A declared type must at least claim to be an image (the bytes are sniffed anyway;
+        # image/png holding a JPEG is accepted, text/html holding anything is not).
+        if declared and not declared.startswith(b"image/"):
+            raise UnsupportedMediaType(
+                "The data URL's type must be an image type such as image/jpeg."
+            )
         raw = raw[match.end() :]
     payload = _WHITESPACE.sub(b"", raw)
     if not payload:

@@ -78,6 +78,12 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.rejected = Counter(
+            "gateway_rejected_requests_total",
+            "Requests refused before any work: overloaded (503) or rate_limited (429).",
+            ["reason"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight",
             "Requests being processed.",

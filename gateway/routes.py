@@ -10,12 +10,14 @@ from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from gateway.auth import ApiKeyAuth
+from gateway.admission import AdmissionGate
+from gateway.auth import ApiKeyAuth, presented_key
 from gateway.classifier import Classifier, Timings
 from gateway.config import Settings
-from gateway.errors import json_error
+from gateway.errors import Overloaded, TooManyRequests, json_error
 from gateway.metrics import GatewayMetrics
 from gateway.payload import read_analyze_request
+from gateway.ratelimit import KeyRateLimiter
 
 bp = Blueprint("gateway", __name__)
 View = TypeVar("View", bound=Callable[..., Any])
@@ -30,6 +32,8 @@ class Services:
     classifier: Classifier
     auth: ApiKeyAuth
     metrics: GatewayMetrics
+    admission: AdmissionGate
+    rate_limiter: KeyRateLimiter | None = None  # None: GATEWAY_RATE_LIMIT is off
 
 
 def services() -> Services:
@@ -48,8 +52,49 @@ def require_api_key(view: View) -> View:
     return cast(View, wrapper)
 
 
+def rate_limited(view: View) -> View:
+    """Count the request against its API key's rate limit (429 beyond it), when one is set."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        svc = services()
+        if svc.rate_limiter is not None:
+            try:
+                svc.rate_limiter.hit(presented_key())
+            except TooManyRequests:
+                svc.metrics.rejected.labels("rate_limited").inc()
+                raise
+        return view(*args, **kwargs)
+
+    return cast(View, wrapper)
+
+
+def admitted(view: View) -> View:
+    """Run the view only with an admission slot; 503 overloaded when none frees up in time."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        svc = services()
+        try:
+            svc.admission.acquire()
+        except Overloaded:
+            svc.metrics.rejected.labels("overloaded").inc()
+            raise
+        try:
+            return view(*args, **kwargs)
+        finally:
+            svc.admission.release()
+
+    return cast(View, wrapper)
+
+
+# Order matters: a request is authenticated first (unknown keys never touch the limiter's
+# storage), then counted against its key, then admitted. Admission comes before the body is
+# read, so an overloaded gateway refuses at once instead of reading megabytes first.
 @bp.post("/analyze")
 @require_api_key
+@rate_limited
+@admitted
 def analyze() -> Response:
     """Classify one image; answers label, confidence (percent) and the top-k predictions."""
     svc = services()
@@ -74,6 +119,7 @@ def analyze() -> Response:
 
 @bp.get("/models")
 @require_api_key
+@rate_limited
 def models() -> Response:
     """The models and versions in Triton's repository, with their state."""
     svc = services()

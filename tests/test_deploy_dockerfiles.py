@@ -269,7 +269,9 @@ before = set(sys.modules)  # site start-up (.pth hooks) is not the gateway's doi
 import gateway.wsgi
 assert gateway.wsgi.app is not None
 providers = metadata.packages_distributions()
-loaded = {name.split(".")[0] for name in set(sys.modules) - before}
+# The gateway itself is the image's own code, not a distribution (an editable install of
+# this project would otherwise map it to visionai-serving).
+loaded = {name.split(".")[0] for name in set(sys.modules) - before} - {"gateway"}
 print(json.dumps(sorted({d for m in loaded for d in providers.get(m, [])})))
 """
 

@@ -69,6 +69,21 @@ def test_invalid_base64_is_a_bad_request(text: str) -> None:
         decode_base64(text, 10**6)
 
 
+@pytest.mark.parametrize("mime", ["text/html", "application/json", "video/mp4", "TEXT/PLAIN"])
+def test_data_url_of_a_non_image_type_is_unsupported(mime: str) -> None:
+    """A data URL declaring a non-image type is a 415, whatever the bytes inside."""
+    with pytest.raises(UnsupportedMediaType):
+        decode_base64(f"data:{mime};base64," + base64.b64encode(PNG).decode(), 10**6)
+
+
+@pytest.mark.parametrize(
+    "prefix", ["data:image/jpeg;base64,", "data:IMAGE/PNG;base64,", "data:;base64,"]
+)
+def test_data_url_of_an_image_type_or_none_is_accepted(prefix: str) -> None:
+    """Any image/* type (the bytes are sniffed anyway) or no type at all is accepted."""
+    assert decode_base64(prefix + base64.b64encode(PNG).decode(), 10**6) == PNG
+
+
 def test_decoded_size_is_limited_before_decoding() -> None:
     """More base64 than the byte limit allows is a 413."""
     with pytest.raises(PayloadTooLarge):

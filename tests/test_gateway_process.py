@@ -53,7 +53,8 @@ def test_gunicorn_refuses_to_start_without_keys() -> None:
 
 
 def test_gunicorn_settings_come_from_the_environment() -> None:
-    """Bind, workers and threads from env; gthread; access log without headers or query."""
+    """Bind, workers and threads from env; gthread (JSON errors); access log without headers
+    or query."""
     result = run(
         [
             sys.executable,
@@ -77,11 +78,36 @@ def test_gunicorn_settings_come_from_the_environment() -> None:
             config[name.strip()] = value.strip()
     assert config["bind"] == "['127.0.0.1:9123']"
     assert (config["workers"], config["threads"]) == ("3", "6")
-    assert config["worker_class"] == "gthread"
+    assert config["worker_class"] == "gateway.gunicorn_worker.JsonErrorThreadWorker"
     assert config["preload_app"] == "False"
     assert "%(r)s" not in config["access_log_format"]  # request line would include the query
     assert "%({x-api-key}i)s" not in config["access_log_format"].lower()
     assert config["child_exit"] == "<child_exit()>"
+
+
+def test_default_threads_leave_room_beyond_the_admission_gate() -> None:
+    """Without GATEWAY_THREADS, threads = max in flight + max queue + spare, from the env."""
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gateway/gunicorn.conf.py",
+            "--print-config",
+            "gateway.wsgi:app",
+        ],
+        GATEWAY_AUTH="off",
+        GATEWAY_MAX_INFLIGHT="3",
+        GATEWAY_MAX_QUEUE="5",
+    )
+    assert result.returncode == 0, result.stderr
+    settings = dict(
+        (name.strip(), value.strip())
+        for name, sep, value in (line.partition("=") for line in result.stdout.splitlines())
+        if sep
+    )
+    assert settings["threads"] == "12"
 
 
 def test_gunicorn_rejects_a_bad_worker_count() -> None:

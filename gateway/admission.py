@@ -1,0 +1,67 @@
+"""Admission control: a per-worker bound on /analyze requests in flight, with a short queue.
+
+gunicorn's gthread worker hands every accepted connection to a thread pool whose queue is
+unbounded, so without a bound of our own an overload piles up there and requests time out
+in the client instead of being told to come back. The gate keeps at most ``max_inflight``
+requests working (decoding, preprocessing, waiting on Triton) per worker; up to
+``max_queue`` more wait at most ``queue_timeout_s`` for a slot, and everything beyond is
+refused at once with 503 ``overloaded`` and ``Retry-After``. For the refusal to be fast,
+the worker needs threads to spare beyond ``max_inflight + max_queue`` (gateway/gunicorn.conf.py
+sizes GATEWAY_THREADS so by default).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from gateway.errors import Overloaded
+
+
+class AdmissionGate:
+    """A counting semaphore with a bounded, time-limited waiting line."""
+
+    def __init__(self, max_inflight: int, max_queue: int, queue_timeout_s: float) -> None:
+        if max_inflight < 1 or max_queue < 0 or queue_timeout_s < 0:
+            raise ValueError("max_inflight >= 1, max_queue >= 0 and queue_timeout_s >= 0")
+        self.max_inflight = max_inflight
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self._slots = threading.BoundedSemaphore(max_inflight)
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests currently waiting for a slot."""
+        return self._waiting
+
+    def acquire(self) -> None:
+        """Take a slot, waiting in the bounded line if need be, or raise Overloaded (503)."""
+        if self._slots.acquire(blocking=False):
+            return
+        with self._lock:
+            if self._waiting >= self.max_queue:
+                raise Overloaded("The gateway is at capacity; retry after the indicated delay.")
+            self._waiting += 1
+        try:
+            acquired = self._slots.acquire(timeout=self.queue_timeout_s)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not acquired:
+            raise Overloaded("The gateway is at capacity; retry after the indicated delay.")
+
+    def release(self) -> None:
+        """Give back a slot taken by acquire()."""
+        self._slots.release()
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold a slot for the body of the ``with`` block, or raise Overloaded (503)."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
