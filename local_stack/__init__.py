@@ -1,1 +1,1 @@
-"""Run the whole stack on this machine: local Triton plus the gateway under gunicorn (`make run`)."""
+"""Run the whole stack here: local Triton plus the gateway under gunicorn (`make run`)."""

@@ -1,4 +1,6 @@
-"""`python -m local_stack`: publish the model if missing, start Triton and the gateway, print how to call it.
+"""`python -m local_stack`: publish the model if missing, start Triton and the gateway.
+
+Then print how to call it.
 
 This is what `make run` runs. It is for a developer's machine: production runs the same
 pieces from docker-compose.yml.
@@ -35,12 +37,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m local_stack",
         description="Run local Triton + the gateway on a model repository (what `make run` does).",
     )
-    parser.add_argument("--model", default="resnet50",
-                        help="model to serve by default; exported first when the repository lacks it "
-                             "(offline: efficientnet_lite0). Default: %(default)s")
-    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository",
-                        help="Triton model repository. Default: %(default)s")
-    parser.add_argument("--host", default="127.0.0.1", help="gateway bind address. Default: %(default)s")
+    parser.add_argument(
+        "--model",
+        default="resnet50",
+        help="model to serve by default; exported first when the repository lacks it "
+        "(offline: efficientnet_lite0). Default: %(default)s",
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=REPO_ROOT / "model_repository",
+        help="Triton model repository. Default: %(default)s",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="gateway bind address. Default: %(default)s"
+    )
     parser.add_argument("--port", type=int, default=8080, help="gateway port. Default: %(default)s")
     parser.add_argument("--triton-http-port", type=int, default=8000)
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
@@ -88,7 +99,9 @@ def wait_for_http_ok(url: str, what: str, processes: Sequence[subprocess.Popen[b
     while time.monotonic() < deadline:
         for process in processes:
             if process.poll() is not None:
-                raise StackError(f"{what} did not come up: a process exited with {process.returncode}")
+                raise StackError(
+                    f"{what} did not come up: a process exited with {process.returncode}"
+                )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -119,12 +132,24 @@ def run(args: argparse.Namespace) -> None:
     if not has_published_version(repository, args.model):
         export_model(repository, args.model)
 
-    triton = subprocess.Popen([
-        sys.executable, "-m", "local_triton", "--model-repository", str(repository),
-        "--model-control-mode", "poll",
-        "--http-port", str(args.triton_http_port), "--grpc-port", str(args.triton_grpc_port),
-        "--metrics-port", str(args.triton_metrics_port),
-    ], cwd=REPO_ROOT)
+    triton = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "local_triton",
+            "--model-repository",
+            str(repository),
+            "--model-control-mode",
+            "poll",
+            "--http-port",
+            str(args.triton_http_port),
+            "--grpc-port",
+            str(args.triton_grpc_port),
+            "--metrics-port",
+            str(args.triton_metrics_port),
+        ],
+        cwd=REPO_ROOT,
+    )
     processes: list[subprocess.Popen[bytes]] = [triton]
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -132,9 +157,12 @@ def run(args: argparse.Namespace) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        wait_for_http_ok(f"http://127.0.0.1:{args.triton_http_port}/v2/health/ready", "Triton",
-                         processes)
+        wait_for_http_ok(
+            f"http://127.0.0.1:{args.triton_http_port}/v2/health/ready", "Triton", processes
+        )
         api_key = dev_api_key()
+        # A key the operator configured is not echoed; a generated development key is shown.
+        shown_key = "$GATEWAY_API_KEY" if os.environ.get("GATEWAY_API_KEYS") else api_key
         metrics_dir = tempfile.mkdtemp(prefix="visionai-metrics-")
         gateway_env = {
             **os.environ,
@@ -146,8 +174,16 @@ def run(args: argparse.Namespace) -> None:
             "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
         }
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
-            cwd=REPO_ROOT, env=gateway_env,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "gateway/gunicorn.conf.py",
+                "gateway.wsgi:app",
+            ],
+            cwd=REPO_ROOT,
+            env=gateway_env,
         )
         processes.append(gateway)
         base = f"http://{args.host}:{args.port}"
@@ -155,9 +191,9 @@ def run(args: argparse.Namespace) -> None:
         print(
             f"\n[stack] VisionAI Serving is up: gateway {base}  (Triton gRPC 127.0.0.1:"
             f"{args.triton_grpc_port}, metrics {base}/metrics)\n"
-            f"[stack] API key: {api_key}  (from GATEWAY_API_KEYS or {DEV_KEY_FILE})\n"
+            f"[stack] API key: {shown_key}  (GATEWAY_API_KEYS, or generated in {DEV_KEY_FILE})\n"
             f"[stack] Try it:\n"
-            f"  curl -s -H 'X-API-Key: {api_key}' -F image=@photo.jpg {base}/analyze\n"
+            f"  curl -s -H 'X-API-Key: {shown_key}' -F image=@photo.jpg {base}/analyze\n"
             f"[stack] Ctrl-C stops everything.\n",
             flush=True,
         )
