@@ -191,18 +191,7 @@ def _resolve_torchvision(
         warnings.simplefilter("ignore", FutureWarning)
         module = torchvision.models.get_model(architecture, weights=None, num_classes=len(labels))
     if weights.kind == "none":
-        return ResolvedModel(
-            architecture=architecture,
-            module=module,
-            labels=labels,
-            preprocessing=preprocessing,
-            trained=False,
-            source=f"torchvision:{architecture}:none",
-            provenance={
-                "kind": "none",
-                "note": "random initialization, untrained: for pipeline tests only",
-            },
-        )
+        return _untrained(architecture, "torchvision", module, labels, preprocessing)
     return _with_checkpoint(
         architecture,
         "torchvision",
@@ -352,17 +341,8 @@ def _resolve_efficientnet_lite0(
     labels = explicit_labels if explicit_labels is not None else imagenet_categories()
     module = EfficientNet.from_name("efficientnet-lite0", num_classes=len(labels))
     if weights.kind == "none":
-        return ResolvedModel(
-            architecture=EFFICIENTNET_LITE0,
-            module=module,
-            labels=labels,
-            preprocessing=EFFICIENTNET_LITE0_PREPROCESSING,
-            trained=False,
-            source=f"pypi:{EFFICIENTNET_LITE0}:none",
-            provenance={
-                "kind": "none",
-                "note": "random initialization, untrained: for pipeline tests only",
-            },
+        return _untrained(
+            EFFICIENTNET_LITE0, "pypi", module, labels, EFFICIENTNET_LITE0_PREPROCESSING
         )
     return _with_checkpoint(
         EFFICIENTNET_LITE0,
@@ -395,6 +375,28 @@ def _efficientnet_lite0_weights_file() -> tuple[Path, str]:
 
 
 # --- local checkpoints -----------------------------------------------------------------------
+
+
+def _untrained(
+    architecture: str,
+    family: str,
+    module: nn.Module,
+    labels: list[str],
+    preprocessing: Preprocessing,
+) -> ResolvedModel:
+    """A randomly initialized model (`--weights none`), recorded as untrained."""
+    return ResolvedModel(
+        architecture=architecture,
+        module=module,
+        labels=labels,
+        preprocessing=preprocessing,
+        trained=False,
+        source=f"{family}:{architecture}:none",
+        provenance={
+            "kind": "none",
+            "note": "random initialization, untrained: for pipeline tests only",
+        },
+    )
 
 
 def _with_checkpoint(
