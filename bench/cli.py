@@ -147,8 +147,22 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name", from /proc/cpuinfo), else the platform's."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def _machine() -> dict[str, object]:
     return {
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -152,6 +152,13 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
         f"inference (x{_fmt(ratios['latency_vs_batch1'])})",
         f"errors:                      {document['errors']}",
     ]
+    settings = results.settings
+    if "cpu_count" in settings:
+        lines.append(
+            f"machine:                     {settings.get('cpu_model', 'unknown CPU')}, "
+            f"{settings['cpu_count']} CPUs, load average {settings.get('load_average_start')} "
+            f"at start, {settings.get('load_average_end')} at end"
+        )
     return "\n".join(lines)
 
 
@@ -245,7 +252,7 @@ def write_chart(results: BenchResults, document: dict[str, Any], path: Path) -> 
     settings = results.settings
     figure.suptitle(
         f"{settings.get('model')} - {settings.get('payload')} payloads - "
-        f"{settings.get('cpu_count')} CPUs"
+        f"{settings.get('cpu_model', '')} {settings.get('cpu_count')} CPUs"
     )
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

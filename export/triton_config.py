@@ -19,6 +19,21 @@ _PREPROCESS_KEYS = (
 )
 
 
+# Serving defaults, chosen from measurements on the 2-core reference box (docs/performance.md):
+# one instance whose ONNX Runtime session uses both cores (batch-1 latency stays the 2-thread
+# one), intra-op threads that sleep instead of spinning while they wait (the gateway shares
+# the cores; spinning took CPU from it), and a 2 ms batching window (preferred sizes and a
+# 5 ms window added latency at low load and no throughput at saturation).
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_QUEUE_DELAY_US = 2000
+DEFAULT_INSTANCE_COUNT = 1
+DEFAULT_ORT_PARAMETERS: Mapping[str, str] = {
+    "intra_op_thread_count": "2",
+    "inter_op_thread_count": "1",
+    "session.intra_op.allow_spinning": "0",
+}
+
+
 @dataclass(frozen=True)
 class TritonModelConfig:
     """The model-level facts config.pbtxt records."""
@@ -31,9 +46,11 @@ class TritonModelConfig:
     preprocessing: Preprocessing
     trained: bool
     source: str
-    max_batch_size: int = 16
-    max_queue_delay_microseconds: int = 2000
-    instance_count: int = 1
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_queue_delay_microseconds: int = DEFAULT_MAX_QUEUE_DELAY_US
+    preferred_batch_sizes: tuple[int, ...] = ()
+    instance_count: int = DEFAULT_INSTANCE_COUNT
+    ort_parameters: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ORT_PARAMETERS))
     extra_parameters: Mapping[str, str] = field(default_factory=dict)
 
     def parameters(self) -> dict[str, str]:
@@ -48,6 +65,7 @@ class TritonModelConfig:
             "model_trained": "true" if self.trained else "false",
             "model_source": self.source,
         }
+        values.update(self.ort_parameters)
         values.update(self.extra_parameters)
         return values
 
@@ -69,12 +87,16 @@ def render_config(config: TritonModelConfig) -> str:
     dims = ", ".join(str(dim) for dim in config.input_dims)
     parameters = config.parameters()
     width = max(len(_quote(key)) for key in parameters)
+    preferred = ""
+    if config.preferred_batch_sizes:
+        sizes = ", ".join(str(size) for size in config.preferred_batch_sizes)
+        preferred = f" preferred_batch_size: [ {sizes} ]"
     lines = [
         f"name: {_quote(config.name)}",
         'backend: "onnxruntime"',
         f"max_batch_size: {config.max_batch_size}",
         "dynamic_batching "
-        f"{{ max_queue_delay_microseconds: {config.max_queue_delay_microseconds} }}",
+        f"{{ max_queue_delay_microseconds: {config.max_queue_delay_microseconds}{preferred} }}",
         f"instance_group [ {{ kind: KIND_CPU count: {config.instance_count} }} ]",
         f"input [ {{ name: {_quote(config.input_name)} data_type: TYPE_FP32 format: FORMAT_NCHW "
         f"dims: [ {dims} ] }} ]",

@@ -65,6 +65,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         default_model=settings.default_model,
         limits=ImageLimits(max_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels),
         cache_ttl_s=settings.model_cache_ttl_s,
+        draft_jpeg=settings.jpeg_draft,
     )
     metrics = GatewayMetrics()
     app.extensions[routes.EXTENSION] = routes.Services(

@@ -16,7 +16,7 @@ import numpy as np
 
 from gateway.backend import FloatArray, InferenceBackend, ModelSpec
 from gateway.errors import GatewayError, ModelMisconfigured, UpstreamError
-from gateway.images import BeforeLoad, ImageLimits, load_rgb
+from gateway.images import BeforeLoad, ImageLimits, jpeg_draft, load_rgb
 from gateway.labels import LabelStore
 from gateway.preprocess import PreprocessSpec, preprocess
 
@@ -70,6 +70,7 @@ class Classifier:
         limits: ImageLimits,
         cache_ttl_s: float,
         before_load: BeforeLoad | None = None,
+        draft_jpeg: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
@@ -77,6 +78,7 @@ class Classifier:
         self.default_model = default_model
         self.limits = limits
         self.before_load = before_load  # seam for Pillow's JPEG draft mode
+        self.draft_jpeg = draft_jpeg  # GATEWAY_JPEG_DRAFT: draft sized to each model's resize
         self._ttl_s = cache_ttl_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -124,7 +126,10 @@ class Classifier:
     def preprocess(self, data: bytes, model: ServedModel, timings: Timings) -> FloatArray:
         """Decode ``data`` and return the batch tensor the model's input expects."""
         started = time.perf_counter()
-        image = load_rgb(data, self.limits, self.before_load)
+        hook = self.before_load
+        if hook is None and self.draft_jpeg:
+            hook = jpeg_draft(model.preprocessing.resize_size)
+        image = load_rgb(data, self.limits, hook)
         decoded = time.perf_counter()
         tensor = preprocess(image, model.preprocessing)
         if model.spec.channels_last:

@@ -23,6 +23,10 @@ GATEWAY_LOG_LEVEL               DEBUG/INFO/WARNING/ERROR/CRITICAL (INFO)
 GATEWAY_MAX_INFLIGHT            /analyze requests working at once, per worker (4)
 GATEWAY_MAX_QUEUE               /analyze requests waiting for a slot, per worker (16)
 GATEWAY_QUEUE_TIMEOUT_S         longest wait for a slot before 503 overloaded (5)
+GATEWAY_JPEG_DRAFT              on/off (on): decode large JPEGs at 1/2, 1/4 or 1/8 scale
+                                (libjpeg DCT scaling), shorter side kept >= 2x the model's
+                                resize size; off = exact torchvision parity
+                                (docs/performance.md has the accuracy figures)
 GATEWAY_RATE_LIMIT              per-API-key limit such as ``100/minute`` or
                                 ``10/second;500/hour``, per worker; empty = off (off)
 ==============================  ==========================================================
@@ -78,6 +82,7 @@ class Settings:
     max_queue: int = 16
     queue_timeout_s: float = 5.0
     rate_limit: str = ""  # limits' notation; empty: no rate limit
+    jpeg_draft: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -121,6 +126,7 @@ class Settings:
             max_queue=env.integer("MAX_QUEUE", cls.max_queue, minimum=0, maximum=4096),
             queue_timeout_s=env.number("QUEUE_TIMEOUT_S", cls.queue_timeout_s, maximum=300),
             rate_limit=_read_rate_limit(env),
+            jpeg_draft=env.boolean("JPEG_DRAFT", cls.jpeg_draft),
         )
 
 

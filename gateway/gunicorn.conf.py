@@ -43,7 +43,15 @@ _max_inflight = _int_env("GATEWAY_MAX_INFLIGHT", 4)
 _max_queue = _int_env("GATEWAY_MAX_QUEUE", 16, minimum=0)
 
 bind = [os.environ.get("GATEWAY_BIND", "").strip() or "127.0.0.1:8080"]
+# Two workers, one per core of the 2-core reference box (docs/performance.md): the gateway's
+# own work is ~10 ms of CPU per 1080p request (JSON, base64, draft decode, resize), 0.2 of a
+# core at saturation, so more processes add no capacity; two let the parts that hold the GIL
+# (JSON, base64, Flask) run on both cores (Pillow's decode and resize release it). What
+# sets throughput is how many requests reach Triton at once (workers x GATEWAY_MAX_INFLIGHT,
+# the dynamic batch), not the number of workers.
 workers = _int_env("GATEWAY_WORKERS", 2)
+# Threads only wait (on the admission gate or on Triton); their count follows the gate's
+# bounds, so more threads would only queue in gunicorn instead of getting a fast 503.
 threads = _int_env("GATEWAY_THREADS", _max_inflight + _max_queue + SPARE_THREADS)
 worker_class = "gateway.gunicorn_worker.JsonErrorThreadWorker"
 # Above the Triton timeout, so a slow Triton gives a 504 JSON answer, not a killed worker.

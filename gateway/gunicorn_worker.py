@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gunicorn import util
@@ -48,6 +49,40 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
     util.write_nonblock(sock, json_error_bytes(status_int, reason))
 
 
+# gunicorn drains at most this much of a body the app left unread before it reuses the
+# connection (gunicorn.http.parser._DRAIN_MAX_BYTES); beyond it, it closes the connection.
+DRAIN_LIMIT_BYTES = 64 * 1024
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def close_when_body_unread(app: WsgiApp) -> WsgiApp:
+    """Say ``Connection: close`` when the app answers with more body unread than gunicorn drains.
+
+    The admission gate and auth answer before reading the body. gunicorn then drains at most
+    DRAIN_LIMIT_BYTES and closes the connection, although the response announced keep-alive:
+    the client's next request on it fails (RemoteDisconnected). Saying so in the response
+    lets the client open a new connection instead. gunicorn ignores a Connection header set
+    by the app, so this calls ``force_close()`` on gunicorn's response object, which is the
+    owner of the ``start_response`` gunicorn passes in.
+    """
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            reader = getattr(environ.get("wsgi.input"), "reader", None)
+            unread = getattr(reader, "length", None)
+            if isinstance(unread, int) and unread > DRAIN_LIMIT_BYTES:
+                owner = getattr(start_response, "__self__", None)
+                force_close = getattr(owner, "force_close", None)
+                if callable(force_close):
+                    force_close()
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return wrapped
+
+
 class JsonErrorThreadWorker(ThreadWorker):  # type: ignore[misc]
     """The gthread worker, answering gunicorn's own protocol errors as JSON."""
 
@@ -55,3 +90,9 @@ class JsonErrorThreadWorker(ThreadWorker):  # type: ignore[misc]
         """Install the JSON error writer in this worker process, then run as gthread does."""
         util.write_error = write_json_error
         return super().init_process()
+
+    def load_wsgi(self) -> None:
+        """Load the app, wrapped so early answers to large bodies close their connection."""
+        super().load_wsgi()
+        app: WsgiApp = self.wsgi  # type: ignore[has-type]  # set by gunicorn's load_wsgi
+        self.wsgi = close_when_body_unread(app)

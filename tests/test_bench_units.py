@@ -239,6 +239,21 @@ def test_report_json_has_the_headline_keys_and_ratios() -> None:
     assert "whole path / baseline:       2.000" in table(results, document)
 
 
+def test_report_table_names_the_machine_and_its_load() -> None:
+    """The table ends with the CPU model, CPU count and load averages the run recorded."""
+    settings = {
+        "cpu_model": "Test CPU 9000",
+        "cpu_count": 2,
+        "load_average_start": [0.5, 0.4, 0.3],
+        "load_average_end": [1.5, 0.9, 0.6],
+    }
+    results = BenchResults(settings=settings, gateway=[Measurement(1, 1.0, [5.0])])
+    last = table(results, to_json(results)).splitlines()[-1]
+    assert last.startswith("machine:")
+    assert "Test CPU 9000, 2 CPUs" in last
+    assert "[0.5, 0.4, 0.3]" in last and "[1.5, 0.9, 0.6]" in last
+
+
 def test_report_json_tolerates_skipped_stages() -> None:
     """Stages not run leave their keys null rather than failing."""
     document = to_json(BenchResults(settings={}, gateway=[Measurement(1, 1.0, [5.0])]))

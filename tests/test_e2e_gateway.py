@@ -271,7 +271,11 @@ def test_triton_outage_gives_503_and_504_then_recovers_without_restart(
         "the gateway to answer again",
         lambda: front_end_post(gateway, {"image": CHELSEA}).status_code == 200,
     )
-    assert requests.get(f"{gateway.url}/ready", timeout=HTTP_TIMEOUT_S).status_code == 200
+    # Each gunicorn worker has its own channel, so /ready may land on one still reconnecting.
+    wait_until(
+        "/ready to answer 200 again",
+        lambda: requests.get(f"{gateway.url}/ready", timeout=HTTP_TIMEOUT_S).status_code == 200,
+    )
 
     # A Triton that accepts connections but never answers: the call times out as a 504.
     assert triton.pid is not None

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,33 @@ def test_publisher_rejects_bad_names_and_versions(tmp_path: Path) -> None:
             VersionPublisher(tmp_path, name)
     with pytest.raises(UsageError):
         VersionPublisher(tmp_path, "ok", version=0)
+
+
+def test_serving_defaults_render_threads_spinning_and_batching() -> None:
+    """The measured serving defaults: one instance, 2+1 ORT threads, no spinning, 2 ms window."""
+    parsed = parse_config(render_config(_resnet50_config()))
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert list(parsed.dynamic_batching.preferred_batch_size) == []
+    assert parsed.instance_group[0].count == 1
+    parameters = config_parameters(render_config(_resnet50_config()))
+    assert parameters["intra_op_thread_count"] == "2"
+    assert parameters["inter_op_thread_count"] == "1"
+    assert parameters["session.intra_op.allow_spinning"] == "0"
+
+
+def test_preferred_batch_sizes_and_instances_render_when_set() -> None:
+    """Non-default batching and instance settings reach config.pbtxt in Triton's schema."""
+    config = replace(
+        _resnet50_config(),
+        preferred_batch_sizes=(4, 8),
+        max_queue_delay_microseconds=500,
+        instance_count=2,
+        ort_parameters={"intra_op_thread_count": "1"},
+    )
+    parsed = parse_config(render_config(config))
+    assert list(parsed.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 500
+    assert parsed.instance_group[0].count == 2
+    parameters = config_parameters(render_config(config))
+    assert parameters["intra_op_thread_count"] == "1"
+    assert "session.intra_op.allow_spinning" not in parameters

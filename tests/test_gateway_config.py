@@ -25,6 +25,7 @@ def test_defaults_need_only_an_api_key() -> None:
     assert settings.max_pixels == 40_000_000
     assert settings.triton_timeout_s == 10.0
     assert settings.log_level == "INFO"
+    assert settings.jpeg_draft is True
 
 
 def test_settings_are_frozen_and_hide_keys_in_repr() -> None:
@@ -88,6 +89,7 @@ def test_key_with_whitespace_inside_is_rejected_without_showing_it() -> None:
         ("GATEWAY_CORS_ORIGINS", "*", "GATEWAY_CORS_ORIGINS"),
         ("GATEWAY_CORS_ORIGINS", "example.com", "GATEWAY_CORS_ORIGINS"),
         ("GATEWAY_DEFAULT_TOP_K", "21", "GATEWAY_DEFAULT_TOP_K"),
+        ("GATEWAY_JPEG_DRAFT", "sometimes", "GATEWAY_JPEG_DRAFT"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str, fragment: str) -> None:
@@ -109,6 +111,7 @@ def test_valid_overrides_are_parsed() -> None:
             "GATEWAY_MAX_PIXELS": "1000",
             "GATEWAY_TRITON_TIMEOUT_S": "2.5",
             "GATEWAY_LOG_LEVEL": "debug",
+            "GATEWAY_JPEG_DRAFT": "off",
         }
     )
     assert settings.triton_url == "triton:8001"
@@ -118,6 +121,7 @@ def test_valid_overrides_are_parsed() -> None:
     assert settings.max_pixels == 1000
     assert settings.triton_timeout_s == 2.5
     assert settings.log_level == "DEBUG"
+    assert settings.jpeg_draft is False
 
 
 def test_create_app_refuses_to_start_with_auth_and_no_key(make_gateway_app: MakeApp) -> None:

@@ -12,7 +12,16 @@ import pytest
 from PIL import Image
 
 from gateway.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from gateway.images import ImageLimits, decode_base64, load_rgb, open_image, sniff_format, to_rgb
+from gateway.images import (
+    ImageLimits,
+    decode_base64,
+    draft_size,
+    jpeg_draft,
+    load_rgb,
+    open_image,
+    sniff_format,
+    to_rgb,
+)
 from tests.fakes_gateway import data_url, encode_image
 
 LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=1_000_000)
@@ -270,3 +279,75 @@ def test_before_load_hook_runs_before_decoding() -> None:
 
     load_rgb(encode_image(np.zeros((8, 8, 3), np.uint8), "JPEG"), LIMITS, hook)
     assert seen == [True]
+
+
+BIG_LIMITS = ImageLimits(max_bytes=10**8, max_pixels=10**8)
+
+
+def _large_photo(width: int = 1920, height: int = 1080) -> Image.Image:
+    """A smooth, photo-like RGB picture (gradients plus a circle) of the given size."""
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    yy, xx = np.mgrid[0:height, 0:width]
+    circle = ((xx - width / 2) ** 2 + (yy - height / 2) ** 2) < (min(width, height) / 4) ** 2
+    pixels = np.stack([x + 0 * y, y + 0 * x, 255 * circle.astype(np.float32)], axis=-1)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("size", "min_short", "expected"),
+    [
+        ((1920, 1080), 464, (825, 464)),
+        ((1080, 1920), 512, (512, 911)),
+        ((1920, 1080), 540, (960, 540)),
+        ((1920, 1080), 541, None),
+        ((500, 375), 464, None),
+    ],
+)
+def test_draft_size_keeps_the_shorter_side(
+    size: tuple[int, int], min_short: int, expected: tuple[int, int] | None
+) -> None:
+    """The asked size keeps the aspect ratio and the minimum; None when no 1/2 scale fits."""
+    assert draft_size(*size, min_short) == expected
+
+
+def test_jpeg_draft_engages_for_a_large_jpeg() -> None:
+    """A 1920x1080 JPEG with resize 232 decodes at 1/2 scale: 960x540, shorter side >= 464."""
+    data = encode_image(_large_photo(), "JPEG", quality=90)
+    image = load_rgb(data, BIG_LIMITS, jpeg_draft(232))
+    assert image.size == (960, 540)
+    assert image.mode == "RGB"
+    exact = load_rgb(data, BIG_LIMITS).resize(image.size, Image.Resampling.BOX)
+    difference = np.abs(np.asarray(image, np.int16) - np.asarray(exact, np.int16))
+    assert difference.mean() < 3.0  # the same picture, only decoded at a lower resolution
+
+
+def test_jpeg_draft_uses_smaller_scales_for_smaller_targets() -> None:
+    """With factor 1 the shorter side only needs to reach the resize size: 1/4 scale here."""
+    data = encode_image(_large_photo(), "JPEG", quality=90)
+    assert load_rgb(data, BIG_LIMITS, jpeg_draft(232, factor=1)).size == (480, 270)
+
+
+def test_jpeg_draft_leaves_small_jpegs_alone() -> None:
+    """A 500x375 JPEG (typical ImageNet photo) is decoded at full size."""
+    data = encode_image(_large_photo(500, 375), "JPEG", quality=90)
+    assert load_rgb(data, BIG_LIMITS, jpeg_draft(232)).size == (500, 375)
+
+
+def test_jpeg_draft_leaves_other_formats_alone() -> None:
+    """PNG has no DCT scaling: a large PNG keeps its size."""
+    data = encode_image(_large_photo(), "PNG")
+    assert load_rgb(data, BIG_LIMITS, jpeg_draft(232)).size == (1920, 1080)
+
+
+def test_jpeg_draft_keeps_grayscale_and_exif_orientation() -> None:
+    """A grayscale JPEG stays single-channel until RGB conversion; EXIF rotation still applies."""
+    photo = _large_photo().convert("L")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    data = encode_image(photo, "JPEG", quality=90, exif=exif)
+    image = load_rgb(data, BIG_LIMITS, jpeg_draft(232))
+    assert image.size == (540, 960)
+    assert image.mode == "RGB"
+    pixels = np.asarray(image)
+    assert np.array_equal(pixels[..., 0], pixels[..., 2])

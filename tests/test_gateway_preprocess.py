@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from gateway.errors import ModelMisconfigured
-from gateway.images import ImageLimits, load_rgb
+from gateway.images import ImageLimits, jpeg_draft, load_rgb
 from gateway.preprocess import PreprocessSpec, crop_box, preprocess, resized_size
 from tests.fakes_gateway import encode_image
 
@@ -81,6 +81,38 @@ def test_jpeg_photo_matches_torchvision() -> None:
     ours = preprocess(load_rgb(data, ImageLimits(10**8, 10**8)), spec)
     reference = torchvision_tensor(Image.open(io.BytesIO(data)).convert("RGB"), spec)
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
+
+
+def _photo_1080p() -> Image.Image:
+    """Chelsea upscaled to cover 1920x1080 (how the benchmark builds its 1080p payloads)."""
+    photo = Image.fromarray(PHOTOS["chelsea"])
+    scale = max(1920 / photo.width, 1080 / photo.height)
+    big = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
+    left, top = (big.width - 1920) // 2, (big.height - 1080) // 2
+    return big.crop((left, top, left + 1920, top + 1080))
+
+
+def test_large_jpeg_without_draft_matches_torchvision_exactly() -> None:
+    """Draft off (no hook): a 1080p JPEG gives torchvision's tensor bit for bit."""
+    spec = SPECS["resnet50-v2"]
+    data = encode_image(_photo_1080p(), "JPEG", quality=90)
+    ours = preprocess(load_rgb(data, ImageLimits(10**8, 10**8)), spec)
+    reference = torchvision_tensor(Image.open(io.BytesIO(data)).convert("RGB"), spec)
+    np.testing.assert_array_equal(ours, reference)
+
+
+def test_large_jpeg_with_draft_stays_close_to_exact() -> None:
+    """Draft on: a 1080p JPEG decoded at 1/2 scale gives nearly the exact tensor."""
+    spec = SPECS["resnet50-v2"]
+    data = encode_image(_photo_1080p(), "JPEG", quality=90)
+    exact = preprocess(load_rgb(data, ImageLimits(10**8, 10**8)), spec)
+    drafted_image = load_rgb(data, ImageLimits(10**8, 10**8), jpeg_draft(spec.resize_size))
+    assert drafted_image.size == (960, 540)
+    drafted = preprocess(drafted_image, spec)
+    assert drafted.shape == exact.shape
+    assert not np.array_equal(drafted, exact)  # a different decode, so not bit-identical
+    # Normalised units (one 8-bit level is about 0.017): on average under two levels apart.
+    assert float(np.abs(drafted - exact).mean()) < 0.035
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,27 @@ def test_bad_thread_count_is_a_config_error(value: str) -> None:
         parse_model_config(config, environ={})
 
 
+def test_session_parameters_become_onnx_runtime_config_entries() -> None:
+    """``session.*`` parameters are passed on as session config entries; others are not."""
+    config = contract_config(
+        parameters={
+            "session.intra_op.allow_spinning": {"string_value": "0"},
+            "intra_op_thread_count": {"string_value": "2"},
+            "preprocess_resize_size": {"string_value": "232"},
+        }
+    )
+    spec = parse_model_config(config, environ={})
+    assert spec.session_config == (("session.intra_op.allow_spinning", "0"),)
+    assert parse_model_config(contract_config(), environ={}).session_config == ()
+
+
+def test_empty_session_parameter_is_a_config_error() -> None:
+    """A ``session.*`` parameter without a value fails the load and names the key."""
+    config = contract_config(parameters={"session.intra_op.allow_spinning": {"string_value": " "}})
+    with pytest.raises(ModelConfigError, match=r"session\.intra_op\.allow_spinning"):
+        parse_model_config(config, environ={})
+
+
 def test_unsupported_data_type_is_a_config_error() -> None:
     """String tensors cannot go through this backend; the error names the tensor."""
     config = contract_config(input=[{"name": "text", "data_type": "TYPE_STRING", "dims": [1]}])

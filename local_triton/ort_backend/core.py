@@ -18,6 +18,10 @@ import numpy.typing as npt
 INTRA_OP_THREADS_ENV = "LOCAL_TRITON_ORT_THREADS"
 INTER_OP_THREADS_ENV = "LOCAL_TRITON_ORT_INTER_OP_THREADS"
 
+#: config.pbtxt parameters whose key starts with this are ONNX Runtime session config entries
+#: (``SessionOptions.add_session_config_entry``), e.g. ``session.intra_op.allow_spinning``.
+SESSION_CONFIG_PREFIX = "session."
+
 #: Triton config data types this backend can feed to ONNX Runtime (strings are not supported).
 TRITON_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "TYPE_BOOL": np.dtype(np.bool_),
@@ -81,6 +85,7 @@ class ModelSpec:
     model_filename: str
     intra_op_threads: int | None
     inter_op_threads: int | None
+    session_config: tuple[tuple[str, str], ...] = ()
 
     @property
     def batching(self) -> bool:
@@ -134,6 +139,20 @@ def _parameter(config: Mapping[str, Any], key: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _session_config(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The ``session.*`` string parameters, sorted by key, as ONNX Runtime config entries."""
+    parameters = config.get("parameters") or {}
+    entries = []
+    for key in sorted(parameters):
+        if not str(key).startswith(SESSION_CONFIG_PREFIX):
+            continue
+        value = _parameter(config, str(key))
+        if value is None or not value.strip():
+            raise ModelConfigError(f"parameter {key} needs a non-empty string_value")
+        entries.append((str(key), value.strip()))
+    return tuple(entries)
+
+
 def parse_model_config(
     config: Mapping[str, Any], environ: Mapping[str, str] = os.environ
 ) -> ModelSpec:
@@ -157,6 +176,7 @@ def parse_model_config(
         model_filename=str(config.get("default_model_filename") or "model.onnx"),
         intra_op_threads=intra,
         inter_op_threads=inter,
+        session_config=_session_config(config),
     )
 
 
