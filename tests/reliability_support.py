@@ -32,6 +32,7 @@ from PIL import Image
 
 from local_triton import TritonServer
 from tests.fixtures.models import SMALL_MODEL_ARGS, run_export
+from tests.fixtures.triton import serve_until_teardown
 
 FAST_MODEL = "fast"
 SLOW_MODEL = "slow"  # sleeps SLOW_MODEL_SLEEP_S per request, one request at a time
@@ -40,7 +41,6 @@ HUNG_MODEL = "hung"  # sleeps far longer than any gateway timeout in the suite
 HUNG_MODEL_SLEEP_S = 60.0
 TINY_CROP = 8
 PHOTO_NAMES = ("chelsea", "coffee", "rocket", "astronaut")
-READY_TIMEOUT_S = 180.0
 
 _MODEL_PY = textwrap.dedent(
     '''\
@@ -148,12 +148,7 @@ def fast_triton(
         load_models=(FAST_MODEL, SLOW_MODEL),
         log_file=tmp_path_factory.mktemp("triton_log_reliability") / "tritonserver.log",
     )
-    server.start()
-    try:
-        server.wait_ready(READY_TIMEOUT_S)
-        yield server
-    finally:
-        server.stop()
+    yield from serve_until_teardown(server)
 
 
 @pytest.fixture(scope="session")
