@@ -2,8 +2,9 @@
 
 Runs a published model in ONNX Runtime directly on labelled photos (an ``index.csv`` with
 ``file`` and ``class_index`` columns, as in ../shared/imagenet-samples), once with exact
-preprocessing and once per draft factor, on the photos' own JPEGs and on the same photos
-upscaled to 1920x1080 (the benchmark's payloads), and prints top-1 accuracy, top-1
+preprocessing, once resizing only the centre crop's region, and once per draft factor (with
+the crop-region resize, as the gateway's draft mode does), on the photos' own JPEGs and on
+the same photos upscaled to 1920x1080 (the benchmark's payloads), and prints top-1 accuracy, top-1
 agreement with exact preprocessing, how often draft engaged, and decode+preprocess CPU.
 """
 
@@ -47,8 +48,12 @@ def measure(
     input_name = session.get_inputs()[0].name
     with (images / "index.csv").open(encoding="utf-8") as index:
         rows = list(csv.DictReader(index))[:limit]
-    variants: dict[str, BeforeLoad | None] = {"exact": None}
-    variants.update({f"draft{f}x": jpeg_draft(spec.resize_size, f) for f in factors})
+    # name -> (decode hook, resize only the crop's region): the gateway's draft mode does both.
+    variants: dict[str, tuple[BeforeLoad | None, bool]] = {
+        "exact": (None, False),
+        "crop_resize": (None, True),
+    }
+    variants.update({f"draft{f}x": (jpeg_draft(spec.resize_size, f), True) for f in factors})
     report: dict[str, Any] = {"model": model_dir.name, "images": len(rows)}
     for kind in ("original", "1080p"):
         predictions: dict[str, list[int]] = {name: [] for name in variants}
@@ -63,10 +68,10 @@ def measure(
                     data = upscale_to_1080p(data)
                 labels.append(int(row["class_index"]))
                 full_size = None
-                for name, hook in variants.items():
+                for name, (hook, crop_only) in variants.items():
                     started = time.process_time()
                     image = load_rgb(data, LIMITS, hook)
-                    batches[name].append(preprocess(image, spec))
+                    batches[name].append(preprocess(image, spec, resize_crop_only=crop_only))
                     cpu_s[name] += time.process_time() - started
                     if hook is None:
                         full_size = image.size

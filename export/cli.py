@@ -19,6 +19,7 @@ from export.calibration_defaults import (
     MIN_IMAGES_FOR_SPLIT,
 )
 from export.errors import EXIT_INTERRUPTED, EXIT_OK, ExportError, UsageError
+from export.triton_config import DEFAULT_MAX_QUEUE_DELAY_US
 
 if TYPE_CHECKING:
     from export.pipeline import ExportResult
@@ -71,6 +72,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
 
 
@@ -139,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         metavar="N",
         help="config.pbtxt max_batch_size (default: 16)",
+    )
+    target.add_argument(
+        "--max-queue-delay-us",
+        type=_non_negative_int,
+        default=DEFAULT_MAX_QUEUE_DELAY_US,
+        metavar="US",
+        help="config.pbtxt dynamic batching window in microseconds (default: "
+        f"{DEFAULT_MAX_QUEUE_DELAY_US}: a CPU instance batches what queued while it ran; "
+        "a GPU, whose batches are much cheaper per image, may want a window of 1000-5000)",
     )
     target.add_argument(
         "--force", action="store_true", help="replace the --version if it already exists"
@@ -331,6 +352,7 @@ def _run(args: argparse.Namespace) -> int:
             name=args.name,
             version=args.version,
             max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us,
             force=args.force,
             offline=args.offline,
             quantize=quantize,

@@ -36,7 +36,7 @@ from export.sources import (
 from export.sources import (
     check_model_name as check_architecture,
 )
-from export.triton_config import TritonModelConfig, render_config
+from export.triton_config import DEFAULT_MAX_QUEUE_DELAY_US, TritonModelConfig, render_config
 from export.validate import ParityPolicy, ValidationReport, validate
 
 DEFAULT_REPOSITORY = Path("model_repository")
@@ -54,6 +54,7 @@ class ExportOptions:
     name: str | None = None
     version: int | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
     force: bool = False
     offline: bool = False
     parity: ParityPolicy = field(default_factory=ParityPolicy)
@@ -95,6 +96,10 @@ def check_options(options: ExportOptions) -> None:
     check_model_name(options.model_name)
     if options.max_batch_size < 1:
         raise UsageError(f"--max-batch-size must be at least 1, got {options.max_batch_size}")
+    if options.max_queue_delay_us < 0:
+        raise UsageError(
+            f"--max-queue-delay-us must be 0 or more, got {options.max_queue_delay_us}"
+        )
     if options.version is not None and options.version < 1:
         raise UsageError(f"--version must be at least 1, got {options.version}")
     check_repository_usable(options.repository)
@@ -204,6 +209,7 @@ def _triton_config(
         trained=resolved.trained,
         source=resolved.source,
         max_batch_size=options.max_batch_size,
+        max_queue_delay_microseconds=options.max_queue_delay_us,
         extra_parameters={"quantization": QUANTIZATION_TAG} if options.quantize else {},
     )
 

@@ -131,7 +131,8 @@ class Classifier:
             hook = jpeg_draft(model.preprocessing.resize_size)
         image = load_rgb(data, self.limits, hook)
         decoded = time.perf_counter()
-        tensor = preprocess(image, model.preprocessing)
+        # Draft mode is the approximate fast path: it also resizes only the crop's region.
+        tensor = preprocess(image, model.preprocessing, resize_crop_only=self.draft_jpeg)
         if model.spec.channels_last:
             tensor = np.ascontiguousarray(tensor.transpose(1, 2, 0))
         batch = tensor[np.newaxis] if model.spec.batched else tensor

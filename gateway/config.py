@@ -25,7 +25,8 @@ GATEWAY_MAX_QUEUE               /analyze requests waiting for a slot, per worker
 GATEWAY_QUEUE_TIMEOUT_S         longest wait for a slot before 503 overloaded (5)
 GATEWAY_JPEG_DRAFT              on/off (on): decode large JPEGs at 1/2, 1/4 or 1/8 scale
                                 (libjpeg DCT scaling), shorter side kept >= 2x the model's
-                                resize size; off = exact torchvision parity
+                                resize size, and resize only the centre crop's region;
+                                off = exact torchvision parity
                                 (docs/performance.md has the accuracy figures)
 GATEWAY_RATE_LIMIT              per-API-key limit such as ``100/minute`` or
                                 ``10/second;500/hour``, per worker; empty = off (off)

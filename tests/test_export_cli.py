@@ -46,8 +46,9 @@ def test_help_documents_the_cli() -> None:
     assert result.returncode == 0
     for option in ("--model", "--weights", "--labels", "--repository", "--name", "--version"):
         assert option in result.stdout
-    for option in ("--max-batch-size", "--force", "exit codes", "efficientnet_lite0"):
+    for option in ("--max-batch-size", "--max-queue-delay-us", "--force", "efficientnet_lite0"):
         assert option in result.stdout
+    assert "exit codes" in result.stdout
 
 
 def test_resnet50_untrained_publishes_version_1_then_version_2(tmp_path: Path) -> None:
@@ -110,8 +111,8 @@ def test_resnet50_untrained_publishes_version_1_then_version_2(tmp_path: Path) -
     assert json.loads((model_dir / "2" / "export.json").read_text())["version"] == 2
 
 
-def test_name_version_and_max_batch_size_flags(tmp_path: Path) -> None:
-    """--name, --version and --max-batch-size land in the layout and config."""
+def test_name_version_and_batching_flags(tmp_path: Path) -> None:
+    """--name, --version, --max-batch-size and --max-queue-delay-us land in layout and config."""
     result = run_export(
         *SMALL_MODEL_ARGS,
         "--name",
@@ -120,6 +121,8 @@ def test_name_version_and_max_batch_size_flags(tmp_path: Path) -> None:
         "7",
         "--max-batch-size",
         "4",
+        "--max-queue-delay-us",
+        "1500",
         "--repository",
         str(tmp_path),
     )
@@ -127,6 +130,7 @@ def test_name_version_and_max_batch_size_flags(tmp_path: Path) -> None:
     assert version_dirs(tmp_path / "small") == ["7"]
     config = parse_config(tmp_path / "small" / "config.pbtxt")
     assert (config.name, config.max_batch_size) == ("small", 4)
+    assert config.dynamic_batching.max_queue_delay_microseconds == 1500
 
 
 def test_state_dict_checkpoint_is_exported_with_its_weights(tmp_path: Path) -> None:

@@ -51,7 +51,13 @@ def test_unknown_model_suggests_close_names_in_a_real_process(repo: Path) -> Non
 
 @pytest.mark.parametrize(
     "args",
-    [("--max-batch-size", "0"), ("--version", "x"), ("--version", "-1"), ("--bogus",)],
+    [
+        ("--max-batch-size", "0"),
+        ("--max-queue-delay-us", "-1"),
+        ("--version", "x"),
+        ("--version", "-1"),
+        ("--bogus",),
+    ],
 )
 def test_bad_flag_values_are_usage_errors(
     capsys: pytest.CaptureFixture[str], args: tuple[str, ...]

@@ -280,9 +280,10 @@ def test_publisher_rejects_bad_names_and_versions(tmp_path: Path) -> None:
 
 
 def test_serving_defaults_render_threads_spinning_and_batching() -> None:
-    """The measured serving defaults: one instance, 2+1 ORT threads, no spinning, 2 ms window."""
+    """The measured serving defaults: one instance, 2+1 ORT threads, no spinning, no window."""
     parsed = parse_config(render_config(_resnet50_config()))
-    assert parsed.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert parsed.HasField("dynamic_batching")  # batching on, with no added delay
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 0
     assert list(parsed.dynamic_batching.preferred_batch_size) == []
     assert parsed.instance_group[0].count == 1
     parameters = config_parameters(render_config(_resnet50_config()))

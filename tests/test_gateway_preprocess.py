@@ -11,7 +11,13 @@ from PIL import Image
 
 from gateway.errors import ModelMisconfigured
 from gateway.images import ImageLimits, jpeg_draft, load_rgb
-from gateway.preprocess import PreprocessSpec, crop_box, preprocess, resized_size
+from gateway.preprocess import (
+    PreprocessSpec,
+    crop_box,
+    preprocess,
+    resized_size,
+    source_crop_box,
+)
 from tests.fakes_gateway import encode_image
 
 skdata = pytest.importorskip("skimage.data")
@@ -113,6 +119,42 @@ def test_large_jpeg_with_draft_stays_close_to_exact() -> None:
     assert not np.array_equal(drafted, exact)  # a different decode, so not bit-identical
     # Normalised units (one 8-bit level is about 0.017): on average under two levels apart.
     assert float(np.abs(drafted - exact).mean()) < 0.035
+
+
+def test_source_crop_box_maps_the_crop_back_to_source_pixels() -> None:
+    """The crop of a 960x540 -> 412x232 resize is a 522x522 region of the source; padding: None."""
+    resized = resized_size(960, 540, 232)
+    box = crop_box(*resized, 224)
+    region = source_crop_box((960, 540), resized, box)
+    assert resized == (412, 232) and box == (94, 4, 318, 228)
+    assert region is not None
+    scale_x, scale_y = 960 / 412, 540 / 232
+    assert region == pytest.approx((94 * scale_x, 4 * scale_y, 318 * scale_x, 228 * scale_y))
+    assert source_crop_box((100, 80), (100, 80), crop_box(100, 80, 112)) is None
+
+
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+def test_resize_crop_only_is_within_one_level_of_exact(photo: str, spec_name: str) -> None:
+    """Resizing only the crop's region differs from the full resize by float rounding at most."""
+    spec = SPECS[spec_name]
+    image = load_rgb(encode_image(PHOTOS[photo], "PNG"), ImageLimits(10**8, 10**8))
+    exact = preprocess(image, spec)
+    fast = preprocess(image, spec, resize_crop_only=True)
+    one_level = float(np.max(1 / (255 * np.asarray(spec.std)))) * 1.001
+    assert fast.shape == exact.shape
+    assert float(np.abs(fast - exact).max()) <= one_level
+    assert float(np.mean(fast != exact)) < 0.01  # rounding moves a few pixels, not the picture
+
+
+def test_resize_crop_only_on_1080p_draft_matches_what_it_replaces() -> None:
+    """The gateway's draft path (1/2-scale decode + crop-region resize) stays close to exact."""
+    spec = SPECS["resnet50-v2"]
+    data = encode_image(_photo_1080p(), "JPEG", quality=90)
+    drafted_image = load_rgb(data, ImageLimits(10**8, 10**8), jpeg_draft(spec.resize_size))
+    full_resize = preprocess(drafted_image, spec)
+    fast = preprocess(drafted_image, spec, resize_crop_only=True)
+    assert float(np.abs(fast - full_resize).max()) <= 1 / (255 * min(spec.std)) * 1.001
 
 
 @pytest.mark.parametrize(
