@@ -219,7 +219,14 @@ def measure(args: argparse.Namespace, model: PublishedModel, run_dir: Path) -> B
                 api_key = whole_path.new_api_key()
                 with whole_path.gateway(model, triton, api_key, logs) as port:
                     results.gateway = whole_path.measure_http(
-                        port, bodies, api_key, args.concurrency, *window, say, gateway_phases=True
+                        port,
+                        bodies,
+                        api_key,
+                        args.concurrency,
+                        *window,
+                        say,
+                        gateway_phases=True,
+                        triton=(triton.grpc_url, model.name),
                     )
     if "baseline" in args.stages:
         say("[bench] stage baseline: seed-style Flask + PyTorch")

@@ -61,6 +61,7 @@ class Measurement:
     error_samples: list[str] = field(default_factory=list)
     client_cpu_s: float = 0.0
     server_breakdown_ms: dict[str, float] = field(default_factory=dict)
+    triton_breakdown_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def completed(self) -> int:
@@ -99,6 +100,7 @@ class Measurement:
             ),
             "error_samples": self.error_samples,
             "server_breakdown_ms": self.server_breakdown_ms,
+            "triton_breakdown_ms": self.triton_breakdown_ms,
         }
 
 

@@ -134,6 +134,7 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
                 f"{m.percentile(99):>10.1f}{m.errors:>8}"
             )
     lines += _breakdown_lines(results.gateway)
+    lines += _triton_lines(results.triton, results.gateway)
     ratios = document["ratios"]
     lines += [
         "",
@@ -160,6 +161,29 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
             f"at start, {settings.get('load_average_end')} at end"
         )
     return "\n".join(lines)
+
+
+def _triton_lines(alone: Sequence[Measurement], behind_gateway: Sequence[Measurement]) -> list[str]:
+    """Where Triton's time goes, from its own statistics, one line per stage and level."""
+    lines = []
+    for stage, measurements in (("Triton alone", alone), ("behind gateway", behind_gateway)):
+        for m in measurements:
+            phases = m.triton_breakdown_ms
+            if "total" not in phases:
+                continue
+            inner = ", ".join(
+                f"{name} {phases[name]:.1f}"
+                for name in ("queue", "input", "infer", "output")
+                if name in phases
+            )
+            batch = f", mean batch {phases['mean_batch']:.2f}" if "mean_batch" in phases else ""
+            lines.append(
+                f"  {stage:<15} c={m.concurrency:<3} Triton {phases['total']:.1f} ms "
+                f"({inner}){batch}"
+            )
+    if lines:
+        lines.insert(0, "\nTriton, mean ms per request (its statistics API, incl. warm-up):")
+    return lines
 
 
 def _breakdown_lines(measurements: Sequence[Measurement]) -> list[str]:

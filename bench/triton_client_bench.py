@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.loadgen import GrpcTarget, Measurement, sweep
+from bench.triton_stats import with_triton_breakdown
 
 Tensor = npt.NDArray[np.float32]
 
@@ -68,4 +69,5 @@ def run(
         output_name=names.output_name,
         tensors=tensors,
     )
-    return sweep(target, levels, warmup_s, duration_s, progress)
+    around = with_triton_breakdown(grpc_url, model, progress)
+    return sweep(target, levels, warmup_s, duration_s, progress, around)

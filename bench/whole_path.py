@@ -22,6 +22,7 @@ from bench import gateway_metrics
 from bench.loadgen import HttpTarget, Measurement, sweep
 from bench.repository import PublishedModel
 from bench.servers import ServerError, free_port, running
+from bench.triton_stats import with_triton_breakdown
 
 HOST = "127.0.0.1"
 TRITON_READY_TIMEOUT_S = 240.0
@@ -203,10 +204,12 @@ def measure_http(
     duration_s: float,
     progress: Callable[[str], None] = print,
     gateway_phases: bool = False,
+    triton: tuple[str, str] | None = None,
 ) -> list[Measurement]:
     """Check one answer, then sweep the concurrency levels against POST /analyze on `port`.
 
-    With `gateway_phases`, each window also records the gateway's own per-phase mean times.
+    With `gateway_phases`, each window also records the gateway's own per-phase mean times;
+    with `triton` (gRPC URL, model name), Triton's per-phase mean times as well.
     """
     headers = {"Content-Type": "application/json", "X-API-Key": api_key}
     label = check_answer(port, bodies[0], headers)
@@ -215,4 +218,6 @@ def measure_http(
         host=HOST, port=port, path="/analyze", bodies=tuple(bodies), headers=tuple(headers.items())
     )
     around = _with_gateway_breakdown(port, progress) if gateway_phases else None
+    if triton is not None:
+        around = with_triton_breakdown(*triton, progress, around)
     return sweep(target, levels, warmup_s, duration_s, progress, around)

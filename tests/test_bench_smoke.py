@@ -78,6 +78,9 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
         assert [m["concurrency"] for m in stages[stage]] == [1, 2], stage
         assert all(m["completed"] > 0 and m["p99_ms"] >= m["p50_ms"] > 0 for m in stages[stage])
     assert set(stages["gateway"][0]["server_breakdown_ms"]) >= {"request", "decode", "triton"}
+    for stage in ("triton", "gateway"):  # Triton's own statistics around each window
+        phases = stages[stage][0]["triton_breakdown_ms"]
+        assert phases["total"] >= phases["infer"] > 0 and phases["mean_batch"] >= 1, phases
     assert document["ratios"]["whole_path_vs_baseline"] > 0
     assert document["settings"]["payload"] == "1080p"
     assert "2 photos from" in document["settings"]["payload_source"]
