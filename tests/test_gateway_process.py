@@ -85,8 +85,8 @@ def test_gunicorn_settings_come_from_the_environment() -> None:
     assert config["child_exit"] == "<child_exit()>"
 
 
-def test_default_threads_leave_room_beyond_the_admission_gate() -> None:
-    """Without GATEWAY_THREADS, threads = max in flight + max queue + spare, from the env."""
+def printed_gunicorn_config(**env: str) -> dict[str, str]:
+    """What ``gunicorn --print-config`` reports with gateway/gunicorn.conf.py and ``env``."""
     result = run(
         [
             sys.executable,
@@ -97,17 +97,31 @@ def test_default_threads_leave_room_beyond_the_admission_gate() -> None:
             "--print-config",
             "gateway.wsgi:app",
         ],
-        GATEWAY_AUTH="off",
-        GATEWAY_MAX_INFLIGHT="3",
-        GATEWAY_MAX_QUEUE="5",
+        **env,
     )
     assert result.returncode == 0, result.stderr
-    settings = dict(
-        (name.strip(), value.strip())
+    return {
+        name.strip(): value.strip()
         for name, sep, value in (line.partition("=") for line in result.stdout.splitlines())
         if sep
+    }
+
+
+def test_default_threads_leave_room_beyond_the_admission_gate() -> None:
+    """Without GATEWAY_THREADS, threads = max in flight + max queue + spare, from the env."""
+    settings = printed_gunicorn_config(
+        GATEWAY_AUTH="off", GATEWAY_MAX_INFLIGHT="3", GATEWAY_MAX_QUEUE="5"
     )
     assert settings["threads"] == "12"
+
+
+def test_gunicorn_and_the_app_share_the_admission_defaults() -> None:
+    """gunicorn.conf.py's thread sizing uses the same in-flight and queue defaults as Settings."""
+    from gateway.config import Settings
+
+    threads = printed_gunicorn_config(GATEWAY_AUTH="off")["threads"]
+    defaults = Settings.from_env({"GATEWAY_AUTH": "off"})
+    assert int(threads) == defaults.max_inflight + defaults.max_queue + 4
 
 
 def test_gunicorn_rejects_a_bad_worker_count() -> None:

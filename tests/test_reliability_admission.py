@@ -158,18 +158,18 @@ def test_app_answers_503_overloaded_with_retry_after_and_keeps_health_open(
 
 
 def test_admission_settings_defaults_and_validation() -> None:
-    """Defaults 4 in flight, 16 waiting, 5 s; zero or junk values are start-up errors."""
+    """Defaults 8 in flight, 16 waiting, 5 s; zero or junk values are start-up errors."""
     settings = Settings.from_env({"GATEWAY_API_KEYS": "k"})
-    assert (settings.max_inflight, settings.max_queue, settings.queue_timeout_s) == (4, 16, 5.0)
+    assert (settings.max_inflight, settings.max_queue, settings.queue_timeout_s) == (8, 16, 5.0)
     custom = Settings.from_env(
         {
             "GATEWAY_API_KEYS": "k",
-            "GATEWAY_MAX_INFLIGHT": "8",
+            "GATEWAY_MAX_INFLIGHT": "3",
             "GATEWAY_MAX_QUEUE": "0",
             "GATEWAY_QUEUE_TIMEOUT_S": "0.25",
         }
     )
-    assert (custom.max_inflight, custom.max_queue, custom.queue_timeout_s) == (8, 0, 0.25)
+    assert (custom.max_inflight, custom.max_queue, custom.queue_timeout_s) == (3, 0, 0.25)
     for name, value in [
         ("GATEWAY_MAX_INFLIGHT", "0"),
         ("GATEWAY_MAX_INFLIGHT", "many"),
