@@ -122,7 +122,7 @@ def test_large_jpeg_with_draft_stays_close_to_exact() -> None:
 
 
 def test_source_crop_box_maps_the_crop_back_to_source_pixels() -> None:
-    """The crop of a 960x540 -> 412x232 resize is a 522x522 region of the source; padding: None."""
+    """The crop of a 960x540 -> 412x232 resize maps to ~522 source pixels square; padding: None."""
     resized = resized_size(960, 540, 232)
     box = crop_box(*resized, 224)
     region = source_crop_box((960, 540), resized, box)
