@@ -19,7 +19,7 @@ from export.calibration_defaults import (
     MIN_IMAGES_FOR_SPLIT,
 )
 from export.errors import EXIT_INTERRUPTED, EXIT_OK, ExportError, UsageError
-from export.triton_config import DEFAULT_MAX_QUEUE_DELAY_US
+from export.triton_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
 
 if TYPE_CHECKING:
     from export.pipeline import ExportResult
@@ -147,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--max-batch-size",
         type=_positive_int,
-        default=16,
+        default=DEFAULT_MAX_BATCH_SIZE,
         metavar="N",
-        help="config.pbtxt max_batch_size (default: 16)",
+        help=f"config.pbtxt max_batch_size (default: {DEFAULT_MAX_BATCH_SIZE})",
     )
     target.add_argument(
         "--max-queue-delay-us",

@@ -36,11 +36,15 @@ from export.sources import (
 from export.sources import (
     check_model_name as check_architecture,
 )
-from export.triton_config import DEFAULT_MAX_QUEUE_DELAY_US, TritonModelConfig, render_config
+from export.triton_config import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    TritonModelConfig,
+    render_config,
+)
 from export.validate import ParityPolicy, ValidationReport, validate
 
 DEFAULT_REPOSITORY = Path("model_repository")
-DEFAULT_MAX_BATCH_SIZE = 16
 
 
 @dataclass(frozen=True)
