@@ -52,39 +52,6 @@ def test_gunicorn_refuses_to_start_without_keys() -> None:
     assert "GATEWAY_API_KEYS" in result.stderr
 
 
-def test_gunicorn_settings_come_from_the_environment() -> None:
-    """Bind, workers and threads from env; gthread (JSON errors); access log without headers
-    or query."""
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "gateway/gunicorn.conf.py",
-            "--print-config",
-            "gateway.wsgi:app",
-        ],
-        GATEWAY_AUTH="off",  # --print-config also loads the app
-        GATEWAY_BIND="127.0.0.1:9123",
-        GATEWAY_WORKERS="3",
-        GATEWAY_THREADS="6",
-    )
-    assert result.returncode == 0, result.stderr
-    config = {}
-    for line in result.stdout.splitlines():
-        name, sep, value = line.partition("=")
-        if sep:
-            config[name.strip()] = value.strip()
-    assert config["bind"] == "['127.0.0.1:9123']"
-    assert (config["workers"], config["threads"]) == ("3", "6")
-    assert config["worker_class"] == "gateway.gunicorn_worker.JsonErrorThreadWorker"
-    assert config["preload_app"] == "False"
-    assert "%(r)s" not in config["access_log_format"]  # request line would include the query
-    assert "%({x-api-key}i)s" not in config["access_log_format"].lower()
-    assert config["child_exit"] == "<child_exit()>"
-
-
 def printed_gunicorn_config(**env: str) -> dict[str, str]:
     """What ``gunicorn --print-config`` reports with gateway/gunicorn.conf.py and ``env``."""
     result = run(
@@ -105,6 +72,24 @@ def printed_gunicorn_config(**env: str) -> dict[str, str]:
         for name, sep, value in (line.partition("=") for line in result.stdout.splitlines())
         if sep
     }
+
+
+def test_gunicorn_settings_come_from_the_environment() -> None:
+    """Bind, workers and threads from env; gthread (JSON errors); access log without headers
+    or query."""
+    config = printed_gunicorn_config(
+        GATEWAY_AUTH="off",  # --print-config also loads the app
+        GATEWAY_BIND="127.0.0.1:9123",
+        GATEWAY_WORKERS="3",
+        GATEWAY_THREADS="6",
+    )
+    assert config["bind"] == "['127.0.0.1:9123']"
+    assert (config["workers"], config["threads"]) == ("3", "6")
+    assert config["worker_class"] == "gateway.gunicorn_worker.JsonErrorThreadWorker"
+    assert config["preload_app"] == "False"
+    assert "%(r)s" not in config["access_log_format"]  # request line would include the query
+    assert "%({x-api-key}i)s" not in config["access_log_format"].lower()
+    assert config["child_exit"] == "<child_exit()>"
 
 
 def test_default_threads_leave_room_beyond_the_admission_gate() -> None:
