@@ -15,7 +15,8 @@ import numpy.typing as npt
 
 from export.calibration import SampleImage, resolve_image_set, split_image_set
 from export.calibration_defaults import DEFAULT_CALIBRATION_COUNT, DEFAULT_VALIDATION_COUNT
-from export.errors import UsageError
+from export.cpu_features import CpuFeatures, read_cpu_features
+from export.errors import ConversionError, UsageError, ValidationFailedError
 from export.images import stack
 from export.preprocessing import Preprocessing
 from export.progress import Progress
@@ -59,6 +60,12 @@ class QuantizationOutcome:
     fp32_size: int
     int8_size: int
     speed: dict[str, Throughput]
+    cpu: CpuFeatures
+
+    @property
+    def speedup(self) -> float:
+        """int8 images/s over fp32 images/s, measured here."""
+        return self.speed["int8"].images_per_s / self.speed["fp32"].images_per_s
 
     def lines(self) -> list[str]:
         """The printed quantization report."""
@@ -69,13 +76,20 @@ class QuantizationOutcome:
             f"activations, per-channel int8 weights, kept in float: "
             f"{', '.join(self.kept_float) or 'nothing'}",
             f"graph: {self.qdq.quantize_nodes} QuantizeLinear, {self.qdq.dequantize_nodes} "
-            f"DequantizeLinear ({self.qdq.per_channel_weights} per-channel weights)",
+            f"DequantizeLinear ({self.qdq.per_channel_weights} per-channel weights, |w| <= "
+            f"{self.qdq.max_abs_int8_weight}: "
+            + (
+                "no saturation on any x86 CPU)"
+                if self.qdq.saturation_free_without_vnni
+                else "saturates on CPUs without VNNI)"
+            ),
+            f"validated on: {self.cpu.describe()}",
             *self.report.lines(),
             f"size: fp32 {self.fp32_size / (1 << 20):.1f} MiB -> int8 "
             f"{self.int8_size / (1 << 20):.1f} MiB ({self.int8_size / self.fp32_size:.0%})",
             f"speed (ONNX Runtime CPU, batch {SPEED_BATCH}, this machine, interleaved): fp32 "
             f"{fp32_speed.images_per_s:.1f} images/s, int8 {int8_speed.images_per_s:.1f} "
-            f"images/s ({int8_speed.images_per_s / fp32_speed.images_per_s:.2f}x)",
+            f"images/s ({self.speedup:.2f}x, minimum {self.report.policy.min_speedup:.2f}x)",
         ]
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,13 +104,19 @@ class QuantizationOutcome:
                 "quantize_linear": self.qdq.quantize_nodes,
                 "dequantize_linear": self.qdq.dequantize_nodes,
                 "per_channel_weights": self.qdq.per_channel_weights,
+                "max_abs_int8_weight": self.qdq.max_abs_int8_weight,
             },
+            # Where the figures below were measured: an int8 model may be served on another CPU.
+            "validated_on_cpu": self.cpu.as_dict(),
+            "saturation_free_without_vnni": self.qdq.saturation_free_without_vnni,
             "validation": self.report.as_dict(),
             "size_bytes": {"fp32": self.fp32_size, "int8": self.int8_size},
             "speed_images_per_s": {
                 "batch_size": SPEED_BATCH,
                 "fp32": self.speed["fp32"].images_per_s,
                 "int8": self.speed["int8"].images_per_s,
+                "speedup": self.speedup,
+                "min_speedup": self.report.policy.min_speedup,
             },
         }
 
@@ -110,6 +130,8 @@ def check_quantize_options(options: QuantizeOptions) -> None:
         raise UsageError("--calibration-count and --validation-count must be at least 1")
     if not options.policy.min_agreement >= 0.0:  # also rejects NaN
         raise UsageError(f"--min-agreement must be >= 0, got {options.policy.min_agreement}")
+    if not options.policy.min_speedup >= 0.0:
+        raise UsageError(f"--min-speedup must be >= 0, got {options.policy.min_speedup}")
 
 
 def _labels(images: tuple[SampleImage, ...]) -> npt.NDArray[np.int64] | None:
@@ -139,6 +161,12 @@ def quantize_and_validate(
         f"Quantizing to int8 (QDQ, per-channel, {options.settings.method} calibration)"
     ):
         kept_float = quantize_int8(fp32_path, int8_path, calibration, options.settings)
+    qdq = summarize_qdq(onnx.load(str(int8_path)))
+    if options.settings.reduce_range and not qdq.saturation_free_without_vnni:
+        raise ConversionError(
+            f"the quantizer wrote int8 weights up to |{qdq.max_abs_int8_weight}| although 7-bit "
+            "weights were asked for: such a model saturates on CPUs without VNNI"
+        )
     labels = _labels(split.validation) if options.use_labels else None
     with progress.step("Validating: onnx.checker and int8 vs fp32 top-1 agreement"):
         report = validate_quantized(
@@ -151,14 +179,33 @@ def quantize_and_validate(
             SPEED_BATCH,
             SPEED_SECONDS_PER_MODEL,
         )
-    return QuantizationOutcome(
+    outcome = QuantizationOutcome(
         origin=image_set.origin,
         split=split.describe(),
         settings=options.settings,
         kept_float=tuple(kept_float),
-        qdq=summarize_qdq(onnx.load(str(int8_path))),
+        qdq=qdq,
         report=report,
         fp32_size=fp32_path.stat().st_size,
         int8_size=int8_path.stat().st_size,
         speed=speed,
+        cpu=read_cpu_features(),
+    )
+    check_speedup(outcome)
+    return outcome
+
+
+def check_speedup(outcome: QuantizationOutcome) -> None:
+    """Refuse an int8 model that is not at least min_speedup x fp32 fast here (it exists to be)."""
+    minimum = outcome.report.policy.min_speedup
+    if outcome.speedup >= minimum:
+        return
+    raise ValidationFailedError(
+        f"the int8 model runs at {outcome.speedup:.2f}x fp32's speed on this CPU (minimum "
+        f"{minimum:.2f}x), so it would serve slower and less exactly than fp32:\n  "
+        + "\n  ".join(outcome.lines())
+        + f"\n  CPU: {outcome.cpu.describe()}\n"
+        "Publish the fp32 model instead (no --quantize), or pass --min-speedup 0 to publish the "
+        "int8 model anyway (for its size, or for a serving CPU with VNNI).",
+        outcome.report,
     )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from export.calibration_defaults import DEFAULT_MIN_AGREEMENT
+from export.calibration_defaults import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_SPEEDUP
 from export.errors import ValidationFailedError
 from export.images import FloatArray
 from export.throughput import cpu_session
@@ -24,9 +24,10 @@ INFERENCE_BATCH = 16
 
 @dataclass(frozen=True)
 class QuantPolicy:
-    """When an int8 model may be published: top-1 agreement with fp32 at least min_agreement."""
+    """When an int8 model may be published: agreement and speed-up over fp32 at least these."""
 
     min_agreement: float = DEFAULT_MIN_AGREEMENT
+    min_speedup: float = DEFAULT_MIN_SPEEDUP
 
 
 @dataclass(frozen=True)

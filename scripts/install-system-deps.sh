@@ -3,6 +3,7 @@
 #   prometheus      promtool checks deploy/prometheus.yml; a real Prometheus scrapes Triton and the gateway
 #   docker-compose  parses and normalizes docker-compose.yml (`config` needs no Docker engine)
 #   curl            the command of the compose file's Triton health check, run for real
+#   qemu-user       qemu-x86_64 -cpu Haswell: int8 models checked on an emulated AVX2-only CPU
 # Quick when they are already there. Needs root or sudo; otherwise it says what to install.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v qemu-x86_64 >/dev/null 2>&1 || need+=(qemu-user)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then

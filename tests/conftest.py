@@ -10,3 +10,10 @@ pytest_plugins = [
     "tests.fixtures.triton",
     "tests.fixtures.gateway",
 ]
+
+
+def pytest_report_header() -> str:
+    """Name the CPU and its int8 flags: int8 results depend on them (VNNI or AVX2 only)."""
+    from export.cpu_features import read_cpu_features
+
+    return f"cpu: {read_cpu_features().describe()}"

@@ -245,11 +245,14 @@ def test_triton_outage_gives_503_and_504_then_recovers_without_restart(
     """Triton stopped -> 503 (Retry-After) and /ready 503; Triton hung -> 504 within the
     timeout; Triton back -> answers again from the same gunicorn master."""
     triton = start_triton(small_repository, mode="poll", poll_seconds=1)
+    # One worker: with two, the hung request below may land on a worker whose channel is still
+    # reconnecting after the restart; that connection attempt then fails (503), not times out.
     gateway = start_gateway(
         triton.grpc_url,
         small_repository,
         GATEWAY_DEFAULT_MODEL=SMALL_MODEL,
         GATEWAY_TRITON_TIMEOUT_S=str(TRITON_TIMEOUT_S),
+        GATEWAY_WORKERS="1",
     )
     master_pid = gateway.process.pid
     assert front_end_post(gateway, {"image": CHELSEA}).status_code == 200
@@ -271,7 +274,6 @@ def test_triton_outage_gives_503_and_504_then_recovers_without_restart(
         "the gateway to answer again",
         lambda: front_end_post(gateway, {"image": CHELSEA}).status_code == 200,
     )
-    # Each gunicorn worker has its own channel, so /ready may land on one still reconnecting.
     wait_until(
         "/ready to answer 200 again",
         lambda: requests.get(f"{gateway.url}/ready", timeout=HTTP_TIMEOUT_S).status_code == 200,

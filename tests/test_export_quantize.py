@@ -20,6 +20,9 @@ import skimage.data
 from onnx import numpy_helper
 from PIL import Image
 
+from export.cpu_features import read_cpu_features
+from export.quantize import QuantizeSettings, quantize_int8
+from tests.emulated_cpu import AVX2_ONLY_CPU, onnx_logits
 from tests.export_support import config_parameters, parse_config, preprocess, snapshot
 from tests.fixtures.models import run_export
 
@@ -27,8 +30,12 @@ MODEL_NAME = "efficientnet_lite0_int8"
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
 COFFEE_CLASSES = {"espresso", "cup"}
 QUANTIZE_ARGS = ("--model", "efficientnet_lite0", "--quantize", "int8")
-# scikit-image's photos: the suite must not depend on ../shared/imagenet-samples.
-SKIMAGE_ARGS = ("--calibration-images", "skimage")
+# scikit-image's photos: the suite must not depend on ../shared/imagenet-samples. The speed gate
+# is off because whether int8 beats fp32 depends on the CPU (slower without VNNI, see README);
+# its refusal is tested on its own below.
+SKIMAGE_ARGS = ("--calibration-images", "skimage", "--min-speedup", "0")
+# VPMADDUBSW (AVX2 without VNNI) adds two u8 x s8 products in 16 bits: 2 * 255 * 64 fits.
+PORTABLE_WEIGHT_LIMIT = 64
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +188,101 @@ def test_missing_calibration_folder_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "is not a directory" in result.stderr
     assert not (tmp_path / "repo").exists()
+
+
+def _int8_weights(model: onnx.ModelProto) -> list[npt.NDArray[np.int8]]:
+    """The int8 initializers that DequantizeLinear nodes read: the quantized weights."""
+    values = _initializers(model)
+    return [
+        values[node.input[0]]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0] in values
+        and values[node.input[0]].dtype == np.int8
+    ]
+
+
+def test_int8_weights_cannot_saturate_without_vnni(int8_export: tuple[Path, str]) -> None:
+    """Every int8 weight is within +-64, so u8 x s8 pairs fit VPMADDUBSW's 16 bits on any CPU."""
+    model = onnx.load(str(_model_dir(int8_export) / "1" / "model.onnx"))
+    weights = _int8_weights(model)
+    assert len(weights) > 40
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert 32 <= largest <= PORTABLE_WEIGHT_LIMIT
+    assert 2 * 255 * largest <= 32767
+
+
+def test_export_json_records_the_cpu_it_was_validated_on(int8_export: tuple[Path, str]) -> None:
+    """export.json names this CPU and its int8 flags, the weight range and the speed-up."""
+    cpu = read_cpu_features()
+    print(f"CPU: {cpu.describe()}")
+    quantization = json.loads((_model_dir(int8_export) / "1" / "export.json").read_text())[
+        "quantization"
+    ]
+    assert quantization["validated_on_cpu"] == cpu.as_dict()
+    assert quantization["saturation_free_without_vnni"] is True
+    assert quantization["qdq"]["max_abs_int8_weight"] <= PORTABLE_WEIGHT_LIMIT
+    assert quantization["settings"]["reduce_range"] is True
+    speed = quantization["speed_images_per_s"]
+    assert speed["speedup"] == pytest.approx(speed["int8"] / speed["fp32"])
+    assert speed["min_speedup"] == 0
+
+
+def test_unreachable_speedup_refuses_to_publish(int8_export: tuple[Path, str]) -> None:
+    """--min-speedup 1000 cannot be met: exit 1, figures and CPU shown, nothing published."""
+    repository = int8_export[0]
+    before = snapshot(repository)
+    result = run_export(
+        *QUANTIZE_ARGS,
+        "--calibration-images",
+        "skimage",
+        "--min-speedup",
+        "1000",
+        "--repository",
+        str(repository),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "minimum 1000.00x" in result.stderr
+    assert "CPU: " in result.stderr and "int8 kernels" in result.stderr
+    assert "Publish the fp32 model instead" in result.stderr
+    assert "nothing was published" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(repository) == before
+
+
+def _photo_batch(parameters: dict[str, str]) -> npt.NDArray[np.float32]:
+    """The cat and the espresso, preprocessed as the model's config says."""
+    photos = (skimage.data.chelsea(), skimage.data.coffee())  # type: ignore[no-untyped-call]
+    return np.stack([preprocess(Image.fromarray(photo), parameters) for photo in photos])
+
+
+def test_int8_model_answers_the_same_on_an_avx2_only_cpu(
+    int8_export: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Under an emulated AVX2-only CPU (no AVX-512, no VNNI) the logits equal this CPU's."""
+    model_dir = _model_dir(int8_export)
+    batch = _photo_batch(config_parameters(parse_config(model_dir / "config.pbtxt")))
+    native = onnx_logits(model_dir / "1" / "model.onnx", batch, tmp_path)
+    emulated = onnx_logits(model_dir / "1" / "model.onnx", batch, tmp_path, AVX2_ONLY_CPU)
+    print(f"max |logit diff| native vs {AVX2_ONLY_CPU}: {np.abs(native - emulated).max():.3g}")
+    assert np.array_equal(native.argmax(axis=1), emulated.argmax(axis=1))
+    assert np.abs(native - emulated).max() <= 1e-3
+
+
+def test_emulation_detects_full_range_saturation(model_repository: Path, tmp_path: Path) -> None:
+    """Control: full-range int8 weights give other logits on the emulated AVX2 CPU than on VNNI."""
+    cpu = read_cpu_features()
+    if not cpu.has_vnni:
+        pytest.skip(f"this CPU has no VNNI ({cpu.describe()}): both runs saturate alike")
+    model_dir = model_repository / "efficientnet_lite0"
+    batch = _photo_batch(config_parameters(parse_config(model_dir / "config.pbtxt")))
+    full_range = tmp_path / "full-range.onnx"
+    settings = QuantizeSettings(reduce_range=False, preprocess=False)
+    quantize_int8(model_dir / "1" / "model.onnx", full_range, batch, settings)
+    native = onnx_logits(full_range, batch, tmp_path)
+    emulated = onnx_logits(full_range, batch, tmp_path, AVX2_ONLY_CPU)
+    print(
+        f"full range: max |logit diff| native vs {AVX2_ONLY_CPU}: "
+        f"{np.abs(native - emulated).max():.3g}"
+    )
+    assert np.abs(native - emulated).max() > 0.05
