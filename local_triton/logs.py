@@ -11,6 +11,48 @@ from typing import IO
 
 LogSink = Callable[[str], None]
 
+# A line Triton's logger writes: level letter, MMDD hh:mm:ss.micro, thread id, file:line].
+TRITON_RECORD = re.compile(r"^([IWEF])\d{4} \d{2}:\d{2}:\d{2}\.\d+ +\d+ \S+:\d+\]")
+# Emitted on every start on a machine without a GPU (local_triton is CPU only): not actionable.
+EXPECTED_WITHOUT_GPU = (
+    "CudaDriverHelper has not been initialized",
+    "Failed to initialize NVML",
+    "DCGM unable to start",
+)
+
+
+class WarningsOnly:
+    """A log sink that forwards only Triton's warnings and errors to another sink.
+
+    Triton's records start with a level letter (I, W, E, F); an info record's table rows and
+    blank lines, which carry no prefix, are dropped with it. Other unprefixed lines (Python stub
+    output, messages of libraries Triton loads) are kept: their level is unknown, and a stub's
+    traceback must not vanish. The GPU-absence messages in EXPECTED_WITHOUT_GPU are dropped.
+    """
+
+    def __init__(self, sink: LogSink) -> None:
+        """Forward the lines that pass to `sink`."""
+        self._sink = sink
+        self._record_shown = True  # whether the record that continuation lines belong to is shown
+
+    def __call__(self, line: str) -> None:
+        """Forward `line` if it is (part of) a warning or error, or of unknown origin."""
+        record = TRITON_RECORD.match(line)
+        if record is not None:
+            self._record_shown = record.group(1) != "I" and not _expected_without_gpu(line)
+            shown = self._record_shown
+        elif not line.strip() or line.startswith(("+", "|")):
+            shown = self._record_shown
+        else:
+            shown = not _expected_without_gpu(line)
+        if shown:
+            self._sink(line)
+
+
+def _expected_without_gpu(line: str) -> bool:
+    """True for the messages a CPU-only Triton prints on every start."""
+    return any(message in line for message in EXPECTED_WITHOUT_GPU)
+
 
 class LogPump:
     """A daemon thread that drains a byte stream into a bounded line buffer and optional sinks."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -13,18 +15,23 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
+from local_stack import cli as stack_cli
 from local_triton import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_S = 300.0
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
+API_KEY = "stack-test-key"
+FALLBACK_NOTICE = "[stack] serving efficientnet_lite0 instead of resnet50: "
+Stack = tuple[str, str, list[str], subprocess.Popen[str]]
 
 
 def _chelsea_data_url() -> str:
@@ -33,35 +40,62 @@ def _chelsea_data_url() -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-@pytest.fixture
-def running_stack(
-    tmp_path: Path,
-) -> Iterator[tuple[str, str, list[str], subprocess.Popen[str]]]:
-    """Start the stack on free ports with an empty repository; yield url, key, output, process."""
-    api_key = "stack-test-key"
+def _offline_environment(tmp_path: Path) -> dict[str, str]:
+    """Proxies on a closed port (no download can start) and an empty torch cache."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    torch_home = tmp_path / "torch-home"
+    torch_home.mkdir()
+    return {
+        "HTTPS_PROXY": closed,
+        "HTTP_PROXY": closed,
+        "https_proxy": closed,
+        "http_proxy": closed,
+        "NO_PROXY": "127.0.0.1,localhost",  # the stack's own loopback traffic (health, gRPC)
+        "no_proxy": "127.0.0.1,localhost",
+        "TORCH_HOME": str(torch_home),
+    }
+
+
+def _stack_command(tmp_path: Path, port: int, model_args: Sequence[str]) -> list[str]:
+    """`python -m local_stack` on an empty repository under tmp_path and free Triton ports."""
+    return [
+        sys.executable,
+        "-m",
+        "local_stack",
+        *model_args,
+        "--repository",
+        str(tmp_path / "repository"),
+        "--triton-log",
+        str(tmp_path / "triton.log"),
+        "--port",
+        str(port),
+        "--triton-http-port",
+        str(free_port()),
+        "--triton-grpc-port",
+        str(free_port()),
+        "--triton-metrics-port",
+        str(free_port()),
+    ]
+
+
+def _stack_environment(overrides: Mapping[str, str]) -> dict[str, str]:
+    """This environment minus GATEWAY_* and proxy exemptions, plus the test key and overrides."""
+    dropped = ("GATEWAY_", "NO_PROXY", "no_proxy")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    environment.update(GATEWAY_API_KEYS=API_KEY, PYTHONUNBUFFERED="1", **overrides)
+    return environment
+
+
+@contextlib.contextmanager
+def _started_stack(
+    tmp_path: Path, model_args: Sequence[str], env: Mapping[str, str]
+) -> Iterator[Stack]:
+    """Start the stack and wait until it says it is up; yield url, key, output, process."""
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    environment.update(GATEWAY_API_KEYS=api_key, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "local_stack",
-            "--model",
-            "efficientnet_lite0",
-            "--repository",
-            str(tmp_path / "repository"),
-            "--port",
-            str(port),
-            "--triton-http-port",
-            str(free_port()),
-            "--triton-grpc-port",
-            str(free_port()),
-            "--triton-metrics-port",
-            str(free_port()),
-        ],
+        _stack_command(tmp_path, port, model_args),
         cwd=REPO_ROOT,
-        env=environment,
+        env=_stack_environment(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -89,7 +123,7 @@ def running_stack(
                     break
             except queue.Empty:
                 continue
-        yield f"http://127.0.0.1:{port}", api_key, lines, process
+        yield f"http://127.0.0.1:{port}", API_KEY, lines, process
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -100,24 +134,53 @@ def running_stack(
             process.wait(timeout=10)
 
 
-@pytest.mark.e2e
-def test_run_command_exports_then_serves_analyze_and_stops_cleanly(
-    running_stack: tuple[str, str, list[str], subprocess.Popen[str]], tmp_path: Path
-) -> None:
-    """An empty repository gets the model exported, /analyze names the cat, SIGTERM stops all."""
-    url, api_key, lines, process = running_stack
-    assert (tmp_path / "repository" / "efficientnet_lite0" / "1" / "model.onnx").is_file()
-    output = "".join(lines)
-    assert "exporting it first" in output
-    assert "curl" in output and api_key not in output, "a configured key must not be echoed"
+@pytest.fixture
+def running_stack(tmp_path: Path) -> Iterator[Stack]:
+    """The stack asked for efficientnet_lite0 explicitly, on an empty repository."""
+    with _started_stack(tmp_path, ["--model", "efficientnet_lite0"], {}) as stack:
+        yield stack
 
+
+@pytest.fixture
+def offline_default_stack(tmp_path: Path) -> Iterator[Stack]:
+    """The stack with no --model, an empty repository, no network and an empty torch cache."""
+    with _started_stack(tmp_path, [], _offline_environment(tmp_path)) as stack:
+        yield stack
+
+
+def _analyze_chelsea(url: str, api_key: str) -> dict[str, object]:
+    """POST skimage's cat photo to /analyze and return the JSON answer."""
     request = urllib.request.Request(
         f"{url}/analyze",
         data=json.dumps({"image": _chelsea_data_url()}).encode(),
         headers={"Content-Type": "application/json", "X-API-Key": api_key},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
-        answer = json.load(response)
+        answer: dict[str, object] = json.load(response)
+    return answer
+
+
+@pytest.mark.e2e
+def test_run_command_exports_then_serves_analyze_and_stops_cleanly(
+    running_stack: Stack, tmp_path: Path
+) -> None:
+    """Empty repository: export, serve /analyze, Triton's info log only in its file, SIGTERM."""
+    url, api_key, lines, process = running_stack
+    assert (tmp_path / "repository" / "efficientnet_lite0" / "1" / "model.onnx").is_file()
+    output = "".join(lines)
+    assert "exporting it first" in output
+    assert "curl" in output and api_key not in output, "a configured key must not be echoed"
+    assert FALLBACK_NOTICE not in output, "an explicit --model is served as asked"
+
+    log_file = tmp_path / "triton.log"
+    notices = [line for line in lines if line.startswith("[stack] Triton's full log: ")]
+    assert len(notices) == 1 and str(log_file) in notices[0]
+    assert "| Model " not in output and "+------" not in output, "Triton's info tables"
+    assert "local_triton: ready." in output
+    log = log_file.read_text()
+    assert "| Model " in log and "+------" in log and "| efficientnet_lite0 | 1 " in log
+
+    answer = _analyze_chelsea(url, api_key)
     assert answer["mode"] == "real"
     assert answer["label"] in CAT_CLASSES
     assert answer["model"] == {"name": "efficientnet_lite0", "version": "1"}
@@ -129,3 +192,99 @@ def test_run_command_exports_then_serves_analyze_and_stops_cleanly(
         time.sleep(0.1)
     assert "[stack] stopping" in "".join(lines)
     assert "Triton stopped" in "".join(lines)
+
+
+@pytest.mark.e2e
+def test_default_model_offline_falls_back_to_lite0_with_one_notice(
+    offline_default_stack: Stack, tmp_path: Path
+) -> None:
+    """No --model, no ResNet50 weights and no network: Lite0 is exported, served and announced."""
+    url, api_key, lines, _ = offline_default_stack
+    assert sorted(path.name for path in (tmp_path / "repository").iterdir()) == [
+        "efficientnet_lite0"
+    ]
+    notices = [line for line in lines if line.startswith(FALLBACK_NOTICE)]
+    assert len(notices) == 1, "".join(lines)
+    assert "cannot be downloaded" in notices[0] and "make run MODEL=resnet50" in notices[0]
+
+    answer = _analyze_chelsea(url, api_key)
+    assert answer["label"] in CAT_CLASSES
+    assert answer["model"] == {"name": "efficientnet_lite0", "version": "1"}
+
+
+def test_explicit_resnet50_offline_fails_without_fallback(tmp_path: Path) -> None:
+    """--model resnet50 with no weights to be had exits 1 with the export's message, no Lite0."""
+    result = subprocess.run(
+        _stack_command(tmp_path, free_port(), ["--model", "resnet50"]),
+        cwd=REPO_ROOT,
+        env=_stack_environment(_offline_environment(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "cannot download the" in result.stdout and "weights for resnet50" in result.stdout
+    assert "[stack] error: exporting 'resnet50' failed" in result.stdout
+    assert FALLBACK_NOTICE not in result.stdout
+    assert not (tmp_path / "repository" / "efficientnet_lite0").exists()
+
+
+def _stack_args(*argv: str) -> argparse.Namespace:
+    """local_stack's parsed command line."""
+    return stack_cli.parse_args(list(argv))
+
+
+def test_triton_is_quiet_unless_verbose(tmp_path: Path) -> None:
+    """Triton always logs to the file; the terminal filter is dropped only by --verbose."""
+    log_file = tmp_path / "triton.log"
+    quiet = stack_cli.triton_command(_stack_args(), tmp_path, log_file)
+    verbose = stack_cli.triton_command(_stack_args("--verbose"), tmp_path, log_file)
+    for command in (quiet, verbose):
+        assert command[command.index("--log-file") + 1] == str(log_file)
+    assert "--quiet" in quiet and "--quiet" not in verbose
+    assert _stack_args().model is None, "no --model means: choose automatically"
+
+
+def test_cached_weights_need_no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weights file already in torch's cache makes ResNet50 available without any probe."""
+    cached = tmp_path / "hub" / "checkpoints" / "resnet50-x.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    monkeypatch.setattr(
+        "export.sources.pretrained_weights_location",
+        lambda architecture: (f"http://127.0.0.1:{free_port()}/resnet50-x.pth", cached),
+    )
+    assert stack_cli.weights_unavailable("resnet50") is None
+
+
+def test_reachable_weights_url_means_available(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not cached but the URL answers: ResNet50 is exported (downloaded) as before."""
+
+    class Weights(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(206)
+            self.send_header("Content-Length", "1")
+            self.end_headers()
+            self.wfile.write(b"w")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Weights)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/resnet50-x.pth"
+    monkeypatch.setattr(
+        "export.sources.pretrained_weights_location",
+        lambda architecture: (url, tmp_path / "absent.pth"),
+    )
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        assert stack_cli.weights_unavailable("resnet50") is None
+    finally:
+        server.shutdown()
+        server.server_close()
