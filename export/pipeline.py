@@ -150,7 +150,6 @@ def export_and_publish(options: ExportOptions, progress: Progress | None = None)
                     progress,
                 )
             onnx_info = inspect_onnx(publisher.onnx_path)
-        publisher.after_model_written()
         config = _triton_config(options, resolved, onnx_info)
         published = publisher.commit(
             labels_text=render_labels(resolved.labels),

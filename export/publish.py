@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,16 +28,7 @@ LABELS_FILENAME = "labels.txt"
 CONFIG_FILENAME = "config.pbtxt"
 METADATA_FILENAME = "export.json"
 
-# Test hook: "after-onnx-write:raise" fails, "after-onnx-write:pause" waits (to be killed)
-# right after model.onnx is written into staging. Used by the crash-safety tests only.
-FAULT_INJECTION_ENV = "EXPORT_FAULT_INJECTION"
-FAULT_PAUSE_MARKER = "fault injection: paused after writing"
-_FAULT_PAUSE_LIMIT_S = 120.0
 _AUTO_VERSION_ATTEMPTS = 3
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the EXPORT_FAULT_INJECTION test hook to simulate a crash mid-publish."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +49,6 @@ class VersionPublisher:
 
         with VersionPublisher(repo, "resnet50", version=None, force=False) as publisher:
             write_model(publisher.onnx_path)
-            publisher.after_model_written()
             published = publisher.commit(labels_text, config_text, metadata)
     """
 
@@ -134,21 +121,6 @@ class VersionPublisher:
                 f"cannot create a staging directory in {self.model_dir}: {exc}"
             ) from None
         return self
-
-    def after_model_written(self) -> None:
-        """Fault-injection point right after model.onnx lands in staging (no-op unless env set)."""
-        fault = os.environ.get(FAULT_INJECTION_ENV, "")
-        if fault == "after-onnx-write:raise":
-            raise InjectedFault(
-                f"{FAULT_INJECTION_ENV}={fault}: simulated crash after writing {self.onnx_path}"
-            )
-        if fault == "after-onnx-write:pause":
-            sys.stderr.write(f"{FAULT_PAUSE_MARKER} {self.onnx_path}\n")
-            sys.stderr.flush()
-            deadline = time.monotonic() + _FAULT_PAUSE_LIMIT_S
-            while time.monotonic() < deadline:
-                time.sleep(0.1)
-            raise InjectedFault(f"{FAULT_INJECTION_ENV}={fault}: nobody interrupted the pause")
 
     def commit(
         self, labels_text: str, config_text: str, metadata: dict[str, Any]

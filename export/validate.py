@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,9 +162,3 @@ def validate(
             report,
         )
     return report
-
-
-def describe_sizes(batch_sizes: Sequence[int]) -> str:
-    """'1 and 3' style text for messages."""
-    sizes = [str(size) for size in batch_sizes]
-    return sizes[0] if len(sizes) == 1 else ", ".join(sizes[:-1]) + " and " + sizes[-1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -15,14 +14,25 @@ import pytest
 import torch
 
 from tests.export_checkpoints import TraceDivergentClassifier
+from tests.export_faults import PAUSE_MARKER
 from tests.export_support import hidden_entries, snapshot, version_dirs
 from tests.fixtures.models import REPO_ROOT, SMALL_MODEL_ARGS, export_python, run_export
 
-FAULT_ENV = "EXPORT_FAULT_INJECTION"
-PAUSE_MARKER = "fault injection: paused after writing"
 MARKER_TIMEOUT_S = 300.0
 # The fastest real export in the session repository (real weights, ~18 MiB).
 LITE0_ARGS = ("--model", "efficientnet_lite0")
+
+
+def _crashing_export(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the export CLI with a simulated crash right before its version is committed."""
+    return subprocess.run(
+        [export_python(), "-m", "tests.export_faults", "raise", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 class PausedExport:
@@ -31,12 +41,19 @@ class PausedExport:
     def __init__(self, repository: Path, *args: str) -> None:
         """Start `python -m export *args --repository repository` with the pause hook armed."""
         self.process = subprocess.Popen(
-            [export_python(), "-m", "export", *args, "--repository", str(repository)],
+            [
+                export_python(),
+                "-m",
+                "tests.export_faults",
+                "pause",
+                *args,
+                "--repository",
+                str(repository),
+            ],
             cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, FAULT_ENV: "after-onnx-write:pause"},
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self._seen: list[str] = []
@@ -120,12 +137,7 @@ def test_crash_after_onnx_write_in_a_new_model_dir_leaves_nothing(tmp_path: Path
     """A crash (injected exception) publishing a new model removes its staging and model dir."""
     (tmp_path / "keep").mkdir()
     before = snapshot(tmp_path)
-    result = run_export(
-        *SMALL_MODEL_ARGS,
-        "--repository",
-        str(tmp_path),
-        env={FAULT_ENV: "after-onnx-write:raise"},
-    )
+    result = _crashing_export(*SMALL_MODEL_ARGS, "--repository", str(tmp_path))
     assert result.returncode != 0
     assert "simulated crash" in result.stderr
     assert snapshot(tmp_path) == before
@@ -134,12 +146,7 @@ def test_crash_after_onnx_write_in_a_new_model_dir_leaves_nothing(tmp_path: Path
 def test_crash_in_a_new_repository_leaves_no_repository(tmp_path: Path) -> None:
     """A crash during the first publish into a repository that did not exist removes it again."""
     repository = tmp_path / "new" / "repo"
-    result = run_export(
-        *SMALL_MODEL_ARGS,
-        "--repository",
-        str(repository),
-        env={FAULT_ENV: "after-onnx-write:raise"},
-    )
+    result = _crashing_export(*SMALL_MODEL_ARGS, "--repository", str(repository))
     assert result.returncode != 0
     assert not repository.exists()
 

@@ -1,7 +1,7 @@
 """Export faults: `python -m export` SIGKILLed at random moments while Triton polls.
 
-One kill is placed for certain in the most dangerous moment: the export's own test hook
-(EXPORT_FAULT_INJECTION=after-onnx-write:pause) stops it with model.onnx written in its
+One kill is placed for certain in the most dangerous moment: a test-only launcher
+(`python -m tests.export_faults pause`) stops it with model.onnx written in its
 staging directory; Triton polls three times before the SIGKILL.
 
 Triton must never see a partial version: its repository index never lists a version that
@@ -32,8 +32,8 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 
-from export.publish import FAULT_INJECTION_ENV, FAULT_PAUSE_MARKER
 from local_triton import TritonServer
+from tests.export_faults import PAUSE_MARKER
 from tests.fixtures.models import REPO_ROOT, SMALL_MODEL_ARGS, export_python, run_export
 from tests.reliability_support import (
     env_int,
@@ -128,7 +128,14 @@ def kill_exports(
     for index in range(kills):
         delay = rng.uniform(start + index * width, start + (index + 1) * width)
         process = subprocess.Popen(
-            [export_python(), "-m", "export", *SMALL_MODEL_ARGS, *publish_args(repository)],
+            [
+                export_python(),
+                "-m",
+                "tests.export_faults",
+                "pause",
+                *SMALL_MODEL_ARGS,
+                *publish_args(repository),
+            ],
             cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -152,13 +159,19 @@ def kill_in_staging(repository: Path, hold_s: float) -> Path:
     """Run an export that pauses with model.onnx written in staging (the export's own test
     hook), leave it there for ``hold_s`` while Triton polls, then SIGKILL it."""
     process = subprocess.Popen(
-        [export_python(), "-m", "export", *SMALL_MODEL_ARGS, *publish_args(repository)],
+        [
+            export_python(),
+            "-m",
+            "tests.export_faults",
+            "pause",
+            *SMALL_MODEL_ARGS,
+            *publish_args(repository),
+        ],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env={**os.environ, FAULT_INJECTION_ENV: "after-onnx-write:pause"},
     )
     lines: queue.Queue[str] = queue.Queue()
 
@@ -175,8 +188,8 @@ def kill_in_staging(repository: Path, hold_s: float) -> Path:
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if line.startswith(FAULT_PAUSE_MARKER):
-                onnx_path = Path(line[len(FAULT_PAUSE_MARKER) :].strip())
+            if line.startswith(PAUSE_MARKER):
+                onnx_path = Path(line[len(PAUSE_MARKER) :].strip())
                 time.sleep(hold_s)
                 return onnx_path
         pytest.fail("the export never reached its pause point")
