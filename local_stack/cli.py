@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from local_triton.lifetime import die_with_parent
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_KEY_FILE = REPO_ROOT / ".cache" / "dev-api-key"
 # In the clone, not a temp dir: a stable path to `tail -f` or attach to a bug report, which
@@ -223,7 +225,12 @@ def run(args: argparse.Namespace) -> None:
     log_file.unlink(missing_ok=True)
     shown = "also shown here" if args.verbose else "shown here: warnings and errors; --verbose: all"
     print(f"[stack] Triton's full log: {log_file} ({shown})", flush=True)
-    triton = subprocess.Popen(triton_command(args, repository, log_file), cwd=REPO_ROOT)
+    # Both children get SIGTERM if this runner dies, even by SIGKILL: each then stops cleanly.
+    triton = subprocess.Popen(
+        triton_command(args, repository, log_file),
+        cwd=REPO_ROOT,
+        preexec_fn=die_with_parent(signal.SIGTERM),
+    )
     processes: list[subprocess.Popen[bytes]] = [triton]
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -258,6 +265,7 @@ def run(args: argparse.Namespace) -> None:
             ],
             cwd=REPO_ROOT,
             env=gateway_env,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         processes.append(gateway)
         base = f"http://{args.host}:{args.port}"

@@ -19,6 +19,7 @@ from typing import IO, Literal
 from local_triton.backend_directory import ensure_backend_directory
 from local_triton.distribution import TritonDistribution, find_distribution
 from local_triton.environment import triton_environment
+from local_triton.lifetime import die_with_parent
 from local_triton.logs import LogPump, LogSink
 from local_triton.ports import LOOPBACK, free_ports
 
@@ -212,8 +213,10 @@ class TritonServer:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 # Own process group: a terminal's Ctrl-C reaches us, and we decide how Triton stops;
-                # kill() can also reach the Python stubs Triton spawned.
+                # kill() can also reach the Python stubs Triton spawned. SIGTERM when we die,
+                # however we die: Triton then shuts down cleanly and frees its ports.
                 start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         except OSError as error:
             self._close_log_file()
