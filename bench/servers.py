@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from local_triton.lifetime import die_with_parent
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POLL_INTERVAL_S = 0.25
 STOP_TIMEOUT_S = 20.0
@@ -54,6 +56,8 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                # A bench killed midway must not leave servers holding ports and CPU.
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
 
     def log_tail(self) -> str:
