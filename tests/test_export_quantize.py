@@ -190,7 +190,7 @@ def test_missing_calibration_folder_is_a_usage_error(tmp_path: Path) -> None:
     assert not (tmp_path / "repo").exists()
 
 
-def _int8_weights(model: onnx.ModelProto) -> list[npt.NDArray[np.int8]]:
+def _int8_weights(model: onnx.ModelProto) -> list[npt.NDArray[np.generic]]:
     """The int8 initializers that DequantizeLinear nodes read: the quantized weights."""
     values = _initializers(model)
     return [

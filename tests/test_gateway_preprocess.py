@@ -93,7 +93,9 @@ def _photo_1080p() -> Image.Image:
     """Chelsea upscaled to cover 1920x1080 (how the benchmark builds its 1080p payloads)."""
     photo = Image.fromarray(PHOTOS["chelsea"])
     scale = max(1920 / photo.width, 1080 / photo.height)
-    big = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
+    big = photo.resize(
+        (round(photo.width * scale), round(photo.height * scale)), Image.Resampling.BICUBIC
+    )
     left, top = (big.width - 1920) // 2, (big.height - 1080) // 2
     return big.crop((left, top, left + 1920, top + 1080))
 

@@ -36,7 +36,8 @@ Stack = tuple[str, str, list[str], subprocess.Popen[str]]
 
 def _chelsea_data_url() -> str:
     buffer = io.BytesIO()
-    Image.fromarray(skimage_data.chelsea()).save(buffer, format="JPEG", quality=90)
+    photo = skimage_data.chelsea()  # type: ignore[no-untyped-call]
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=90)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
