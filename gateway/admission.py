@@ -6,8 +6,8 @@ in the client instead of being told to come back. The gate keeps at most ``max_i
 requests working (decoding, preprocessing, waiting on Triton) per worker; up to
 ``max_queue`` more wait at most ``queue_timeout_s`` for a slot, and everything beyond is
 refused at once with 503 ``overloaded`` and ``Retry-After``. For the refusal to be fast,
-the worker needs threads to spare beyond ``max_inflight + max_queue`` (gateway/gunicorn.conf.py
-sizes GATEWAY_THREADS so by default).
+the worker needs threads to spare beyond ``max_inflight + max_queue`` (GATEWAY_THREADS is
+sized so by default: gateway.config.ServerSettings).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from gateway.errors import Overloaded
+
+_AT_CAPACITY = "The gateway is at capacity; retry after the indicated delay."
 
 
 class AdmissionGate:
@@ -37,31 +39,26 @@ class AdmissionGate:
         """Requests currently waiting for a slot."""
         return self._waiting
 
-    def acquire(self) -> None:
-        """Take a slot, waiting in the bounded line if need be, or raise Overloaded (503)."""
-        if self._slots.acquire(blocking=False):
-            return
-        with self._lock:
-            if self._waiting >= self.max_queue:
-                raise Overloaded("The gateway is at capacity; retry after the indicated delay.")
-            self._waiting += 1
-        try:
-            acquired = self._slots.acquire(timeout=self.queue_timeout_s)
-        finally:
-            with self._lock:
-                self._waiting -= 1
-        if not acquired:
-            raise Overloaded("The gateway is at capacity; retry after the indicated delay.")
-
-    def release(self) -> None:
-        """Give back a slot taken by acquire()."""
-        self._slots.release()
-
     @contextmanager
     def admit(self) -> Iterator[None]:
-        """Hold a slot for the body of the ``with`` block, or raise Overloaded (503)."""
-        self.acquire()
+        """Hold a slot for the ``with`` block, waiting in the bounded line if need be.
+
+        Raises Overloaded (503) at once when the line is full, or after ``queue_timeout_s``
+        when no slot frees up.
+        """
+        if not self._slots.acquire(blocking=False):
+            with self._lock:
+                if self._waiting >= self.max_queue:
+                    raise Overloaded(_AT_CAPACITY)
+                self._waiting += 1
+            try:
+                acquired = self._slots.acquire(timeout=self.queue_timeout_s)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not acquired:
+                raise Overloaded(_AT_CAPACITY)
         try:
             yield
         finally:
-            self.release()
+            self._slots.release()

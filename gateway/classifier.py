@@ -1,7 +1,8 @@
-"""The classification service in KServe's shape: load, ready, preprocess, predict, postprocess.
+"""The classification service in KServe's shape: ready, preprocess, predict, postprocess.
 
 Model facts (interface + preprocessing) are cached per model for a short TTL and
 refreshed as soon as an answer comes from a version other than the cached one.
+``classify`` returns what it measured (the seconds of each stage) with its answer.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.backend import FloatArray, InferenceBackend, ModelSpec
-from gateway.errors import GatewayError, ModelMisconfigured, UpstreamError
-from gateway.images import BeforeLoad, ImageLimits, jpeg_draft, load_rgb
+from gateway.errors import ModelMisconfigured, UpstreamError
+from gateway.images import ImageLimits, jpeg_draft, load_rgb
 from gateway.labels import LabelStore
 from gateway.preprocess import PreprocessSpec, preprocess
 
 log = logging.getLogger("gateway.classifier")
-MAX_TOP_K = 20
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,41 @@ class Classification:
     predictions: list[Prediction]
 
 
-@dataclass
-class Timings:
-    """Seconds spent in each stage of one request (for logs and metrics)."""
+@dataclass(frozen=True)
+class StageTimings:
+    """Seconds spent decoding, preprocessing and in Triton calls (summed over re-runs)."""
 
     decode_s: float = 0.0
     preprocess_s: float = 0.0
     triton_s: float = 0.0
+
+    def __add__(self, other: StageTimings) -> StageTimings:
+        """The stage-by-stage sum of two measurements."""
+        return StageTimings(
+            self.decode_s + other.decode_s,
+            self.preprocess_s + other.preprocess_s,
+            self.triton_s + other.triton_s,
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one classify() did: its stage timings, and its answer or the error that stopped it."""
+
+    timings: StageTimings
+    classification: Classification | None = None
+    error: Exception | None = None
+
+    @property
+    def version(self) -> str | None:
+        """The model version that answered (None when the attempt failed)."""
+        return self.classification.version if self.classification is not None else None
+
+    def result(self) -> Classification:
+        """The classification, or raise the error that stopped the attempt."""
+        if self.classification is None:
+            raise self.error or RuntimeError("an attempt has a classification or an error")
+        return self.classification
 
 
 class Classifier:
@@ -69,7 +97,6 @@ class Classifier:
         default_model: str,
         limits: ImageLimits,
         cache_ttl_s: float,
-        before_load: BeforeLoad | None = None,
         draft_jpeg: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -77,7 +104,6 @@ class Classifier:
         self.labels = labels
         self.default_model = default_model
         self.limits = limits
-        self.before_load = before_load  # seam for Pillow's JPEG draft mode
         self.draft_jpeg = draft_jpeg  # GATEWAY_JPEG_DRAFT: draft sized to each model's resize
         self._ttl_s = cache_ttl_s
         self._clock = clock
@@ -86,15 +112,6 @@ class Classifier:
         self._known: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------
-
-    def load(self) -> bool:
-        """Warm the default model's facts; False (logged) when Triton is not there yet."""
-        try:
-            self.model(self.default_model, None)
-        except GatewayError as exc:
-            log.warning("default model %s not available yet: %s", self.default_model, exc.message)
-            return False
-        return True
 
     def ready(self) -> bool:
         """True when the backend is reachable and the default model is ready."""
@@ -123,12 +140,10 @@ class Classifier:
 
     # -- the stages --------------------------------------------------------------------
 
-    def preprocess(self, data: bytes, model: ServedModel, timings: Timings) -> FloatArray:
-        """Decode ``data`` and return the batch tensor the model's input expects."""
+    def preprocess(self, data: bytes, model: ServedModel) -> tuple[FloatArray, StageTimings]:
+        """Decode ``data``; return the batch tensor the model's input expects and the time taken."""
         started = time.perf_counter()
-        hook = self.before_load
-        if hook is None and self.draft_jpeg:
-            hook = jpeg_draft(model.preprocessing.resize_size)
+        hook = jpeg_draft(model.preprocessing.resize_size) if self.draft_jpeg else None
         image = load_rgb(data, self.limits, hook)
         decoded = time.perf_counter()
         # Draft mode is the approximate fast path: it also resizes only the crop's region.
@@ -136,19 +151,15 @@ class Classifier:
         if model.spec.channels_last:
             tensor = np.ascontiguousarray(tensor.transpose(1, 2, 0))
         batch = tensor[np.newaxis] if model.spec.batched else tensor
-        timings.decode_s += decoded - started
-        timings.preprocess_s += time.perf_counter() - decoded
-        return batch
+        return batch, StageTimings(
+            decode_s=decoded - started, preprocess_s=time.perf_counter() - decoded
+        )
 
     def predict(
-        self, batch: FloatArray, model: ServedModel, version: str | None, timings: Timings
+        self, batch: FloatArray, model: ServedModel, version: str | None
     ) -> tuple[FloatArray, str]:
         """Run the batch on Triton; return the logits and the version that answered."""
-        started = time.perf_counter()
-        try:
-            output = self.backend.infer(model.spec, batch, version)
-        finally:
-            timings.triton_s += time.perf_counter() - started
+        output = self.backend.infer(model.spec, batch, version)
         logits = np.asarray(output.values).reshape(-1)
         return logits, output.model_version
 
@@ -175,21 +186,37 @@ class Classifier:
             for i in top_k_indices(probabilities, top_k)
         ]
 
-    def classify(
-        self, data: bytes, name: str, version: str | None, top_k: int, timings: Timings
-    ) -> Classification:
-        """The whole path: model facts, preprocess, predict, postprocess."""
-        model = self.model(name, version)
-        batch = self.preprocess(data, model, timings)
-        logits, answered = self.predict(batch, model, version, timings)
-        if version is None and answered != model.spec.version:
-            # A new version is being served: refresh the cached facts, and if its
-            # preprocessing differs from what this image got, run it again, pinned.
-            fresh = self.model(name, None, refresh=True)
-            if fresh.spec.version == answered and fresh.preprocessing != model.preprocessing:
-                batch = self.preprocess(data, fresh, timings)
-                logits, answered = self.predict(batch, fresh, answered, timings)
-        return Classification(name, answered, self.postprocess(logits, name, answered, top_k))
+    def classify(self, data: bytes, name: str, version: str | None, top_k: int) -> Attempt:
+        """The whole path (model facts, preprocess, predict, postprocess) and what it measured.
+
+        Never raises: a failure is returned in the Attempt with the timings measured until
+        then. A stage's time counts once it returns; a Triton call's also when it fails.
+        """
+        timings = StageTimings()
+
+        def run(model: ServedModel, pinned: str | None) -> tuple[FloatArray, str]:
+            nonlocal timings
+            batch, spent = self.preprocess(data, model)
+            timings += spent
+            started = time.perf_counter()
+            try:
+                return self.predict(batch, model, pinned)
+            finally:
+                timings += StageTimings(triton_s=time.perf_counter() - started)
+
+        try:
+            model = self.model(name, version)
+            logits, answered = run(model, version)
+            if version is None and answered != model.spec.version:
+                # A new version is being served: refresh the cached facts, and if its
+                # preprocessing differs from what this image got, run it again, pinned.
+                fresh = self.model(name, None, refresh=True)
+                if fresh.spec.version == answered and fresh.preprocessing != model.preprocessing:
+                    logits, answered = run(fresh, answered)
+            predictions = self.postprocess(logits, name, answered, top_k)
+        except Exception as exc:  # handed to the caller with the timings, raised by result()
+            return Attempt(timings, error=exc)
+        return Attempt(timings, Classification(name, answered, predictions))
 
 
 def _check_interface(model: ServedModel) -> None:

@@ -59,21 +59,22 @@ class GatewayMetrics:
         )
         self.decode_seconds = Histogram(
             "gateway_decode_duration_seconds",
-            "Time decoding an image (base64 excluded).",
+            "Time reading the request body (JSON or multipart parsing and base64 included) "
+            "and decoding the image to RGB.",
             ["model"],
             buckets=STAGE_BUCKETS,
             registry=registry,
         )
         self.preprocess_seconds = Histogram(
             "gateway_preprocess_duration_seconds",
-            "Time resizing, cropping and normalising.",
+            "Time resizing, cropping and normalising the decoded image into the model's input.",
             ["model"],
             buckets=STAGE_BUCKETS,
             registry=registry,
         )
         self.triton_seconds = Histogram(
             "gateway_triton_duration_seconds",
-            "Time in the Triton inference call.",
+            "Time in Triton inference calls, failed calls included.",
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=registry,

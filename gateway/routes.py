@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
+from gateway import telemetry
 from gateway.admission import AdmissionGate
 from gateway.auth import ApiKeyAuth, presented_key
-from gateway.classifier import Classifier, Timings
+from gateway.classifier import Classifier, StageTimings
 from gateway.config import Settings
 from gateway.errors import Overloaded, TooManyRequests, json_error
 from gateway.metrics import GatewayMetrics
@@ -75,15 +77,13 @@ def admitted(view: View) -> View:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         svc = services()
-        try:
-            svc.admission.acquire()
-        except Overloaded:
-            svc.metrics.rejected.labels("overloaded").inc()
-            raise
-        try:
+        with ExitStack() as slot:
+            try:
+                slot.enter_context(svc.admission.admit())
+            except Overloaded:
+                svc.metrics.rejected.labels("overloaded").inc()
+                raise
             return view(*args, **kwargs)
-        finally:
-            svc.admission.release()
 
     return cast(View, wrapper)
 
@@ -98,14 +98,14 @@ def admitted(view: View) -> View:
 def analyze() -> Response:
     """Classify one image; answers label, confidence (percent) and the top-k predictions."""
     svc = services()
-    timings: Timings = g.timings
     started = time.perf_counter()
     parsed = read_analyze_request(request, svc.settings.max_body_bytes, svc.settings.default_top_k)
-    timings.decode_s += time.perf_counter() - started  # base64 decoding counts as decoding
+    # Reading the body (JSON or multipart parsing, base64) counts as decoding.
+    read = StageTimings(decode_s=time.perf_counter() - started)
     name = parsed.model or svc.settings.default_model
-    g.model = name
-    result = svc.classifier.classify(parsed.image, name, parsed.version, parsed.top_k, timings)
-    g.version = result.version
+    attempt = svc.classifier.classify(parsed.image, name, parsed.version, parsed.top_k)
+    telemetry.report(telemetry.Analysis(name, attempt.version, read + attempt.timings))
+    result = attempt.result()
     predictions = [{"label": p.label, "confidence": p.confidence} for p in result.predictions]
     return jsonify(
         label=predictions[0]["label"],

@@ -524,6 +524,23 @@ def test_one_structured_log_line_per_request_without_secrets(
     assert image[30:90] not in everything
 
 
+def test_a_failed_triton_call_is_still_timed_in_log_and_metrics(
+    make_gateway_app: MakeApp, fake_backend: FakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 504 from Triton logs and counts the stage timings measured up to the failure."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    fake_backend.fail_infer = UpstreamTimeout("Slow.")
+    client = make_gateway_app().test_client()
+    assert_error(analyze(client, {"image": data_url(PHOTO)}), 504, "upstream_timeout")
+    records = [r for r in caplog.records if r.name == "gateway.access"]
+    fields = records[0].fields  # type: ignore[attr-defined]
+    assert (fields["model"], fields["version"], fields["status"]) == ("resnet50", None, 504)
+    assert fields["decode_ms"] > 0 and fields["triton_ms"] >= 0
+    text = client.get("/metrics").get_data(as_text=True)
+    for family in ("decode", "preprocess", "triton"):
+        assert f'gateway_{family}_duration_seconds_count{{model="resnet50"}} 1.0' in text
+
+
 def test_cors_only_for_configured_origins(make_gateway_app: MakeApp) -> None:
     """No CORS headers by default; configured origins get them, others do not."""
     default = make_gateway_app().test_client()

@@ -7,8 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.classifier import Classifier, Timings, softmax, top_k_indices
-from gateway.errors import ModelMisconfigured, UpstreamError, UpstreamUnavailable
+from gateway.classifier import Classifier, softmax, top_k_indices
+from gateway.errors import (
+    ModelMisconfigured,
+    ModelNotFound,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.images import ImageLimits
 from gateway.labels import LabelStore
 from tests.fakes_gateway import (
@@ -75,10 +80,10 @@ def test_model_facts_are_cached_for_the_ttl(tmp_path: Path) -> None:
     clock = Clock()
     classifier = make_classifier(backend, tmp_path, clock)
     for _ in range(3):
-        classifier.classify(PHOTO, "m", None, 5, Timings())
+        classifier.classify(PHOTO, "m", None, 5).result()
     assert backend.spec_calls == 1
     clock.now += 31
-    classifier.classify(PHOTO, "m", None, 5, Timings())
+    classifier.classify(PHOTO, "m", None, 5).result()
     assert backend.spec_calls == 2
 
 
@@ -88,12 +93,12 @@ def test_hot_swap_uses_the_new_versions_labels_at_once(tmp_path: Path) -> None:
     backend.add("m", "1")
     write_labels(tmp_path, "m", class_names(10, "old"), version="1")
     classifier = make_classifier(backend, tmp_path, Clock())
-    first = classifier.classify(PHOTO, "m", None, 1, Timings())
+    first = classifier.classify(PHOTO, "m", None, 1).result()
     assert (first.version, first.predictions[0].label) == ("1", "old 3")
 
     backend.add("m", "2", FakeVersion(classes=4))  # another label set, another size
     write_labels(tmp_path, "m", ["cat", "dog", "car", "tree"], version="2")
-    second = classifier.classify(PHOTO, "m", None, 1, Timings())
+    second = classifier.classify(PHOTO, "m", None, 1).result()
     assert (second.version, second.predictions[0].label) == ("2", "tree")
     assert classifier.model("m", None).spec.version == "2"  # refreshed without waiting the TTL
 
@@ -104,10 +109,10 @@ def test_swap_to_other_preprocessing_reruns_the_image(tmp_path: Path) -> None:
     backend.add("m", "1")
     write_labels(tmp_path, "m", class_names(10))
     classifier = make_classifier(backend, tmp_path, Clock())
-    classifier.classify(PHOTO, "m", None, 1, Timings())
+    classifier.classify(PHOTO, "m", None, 1).result()
     bigger = dict(SMALL_PREPROCESSING, preprocess_resize_size="56", preprocess_crop_size="48")
     backend.add("m", "2", FakeVersion(parameters=bigger))
-    result = classifier.classify(PHOTO, "m", None, 1, Timings())
+    result = classifier.classify(PHOTO, "m", None, 1).result()
     assert result.version == "2"
     (_, v_first, b_first), (_, v_second, b_second) = backend.batches[-2:]
     assert (v_first, b_first.shape) == (None, (1, 3, 32, 32))
@@ -141,17 +146,47 @@ def test_missing_or_unsafe_label_lookups_fail_clearly(
         LabelStore(tmp_path).get(name, version)
 
 
-def test_load_and_ready(tmp_path: Path) -> None:
-    """load() warms the default model, reporting False while the backend is down."""
+def test_ready_and_known_models(tmp_path: Path) -> None:
+    """ready() follows the backend; a model becomes known once its facts were served."""
     backend = FakeBackend()
     classifier = make_classifier(backend, tmp_path, Clock())
-    backend.fail_spec = UpstreamUnavailable("down")
-    assert classifier.load() is False
-    backend.fail_spec = None
+    assert classifier.ready() is False
     backend.add("m", "1")
-    assert classifier.load() is True
+    classifier.model("m", None)
     assert classifier.ready() is True
     assert classifier.is_known_model("m") and not classifier.is_known_model("zzz")
+
+
+def test_classify_returns_the_time_of_each_stage(tmp_path: Path) -> None:
+    """A successful attempt carries decode, preprocess and Triton seconds with its answer."""
+    backend = FakeBackend()
+    backend.add("m", "1")
+    write_labels(tmp_path, "m", class_names(10))
+    attempt = make_classifier(backend, tmp_path, Clock()).classify(PHOTO, "m", None, 1)
+    assert attempt.error is None and attempt.version == "1"
+    timings = attempt.timings
+    assert timings.decode_s > 0 and timings.preprocess_s > 0 and timings.triton_s > 0
+
+
+def test_failed_triton_call_keeps_the_time_measured(tmp_path: Path) -> None:
+    """A failed Triton call is returned with its time and the stages before it; result() raises."""
+    backend = FakeBackend()
+    backend.add("m", "1")
+    backend.fail_infer = UpstreamTimeout("Triton did not answer in time.")
+    attempt = make_classifier(backend, tmp_path, Clock()).classify(PHOTO, "m", None, 1)
+    assert attempt.version is None and attempt.error is backend.fail_infer
+    timings = attempt.timings
+    assert timings.decode_s > 0 and timings.preprocess_s > 0 and timings.triton_s > 0
+    with pytest.raises(UpstreamTimeout):
+        attempt.result()
+
+
+def test_failure_before_any_stage_measures_nothing(tmp_path: Path) -> None:
+    """An unknown model fails before decoding: zero timings, the error kept for result()."""
+    attempt = make_classifier(FakeBackend(), tmp_path, Clock()).classify(PHOTO, "zzz", None, 1)
+    assert attempt.timings.decode_s == attempt.timings.triton_s == 0
+    with pytest.raises(ModelNotFound):
+        attempt.result()
 
 
 def test_input_dims_must_match_the_crop(tmp_path: Path) -> None:

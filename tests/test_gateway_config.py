@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import DEFAULT_MAX_BODY_BYTES, ConfigError, Settings
+from gateway.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    SPARE_THREADS,
+    ConfigError,
+    ServerSettings,
+    Settings,
+)
 from tests.fixtures.gateway import MakeApp
 
 KEYS = {"GATEWAY_API_KEYS": "k1"}
@@ -122,6 +128,53 @@ def test_valid_overrides_are_parsed() -> None:
     assert settings.triton_timeout_s == 2.5
     assert settings.log_level == "DEBUG"
     assert settings.jpeg_draft is False
+
+
+def test_server_settings_share_the_admission_defaults() -> None:
+    """gunicorn's defaults: 2 workers, threads = the gate's in flight + queue + spare threads."""
+    server = ServerSettings.from_env({})
+    settings = Settings.from_env({"GATEWAY_AUTH": "off"})
+    assert (server.bind, server.workers, server.timeout_s) == ("127.0.0.1:8080", 2, 60)
+    assert (server.max_inflight, server.max_queue) == (settings.max_inflight, settings.max_queue)
+    assert server.threads == settings.max_inflight + settings.max_queue + SPARE_THREADS
+    assert server.access_log is True and server.log_level == settings.log_level
+
+
+def test_server_settings_from_the_environment() -> None:
+    """Explicit values win; threads follow the gate's bounds when not given; access log off."""
+    server = ServerSettings.from_env(
+        {
+            "GATEWAY_BIND": " 0.0.0.0:9000 ",
+            "GATEWAY_WORKERS": "3",
+            "GATEWAY_MAX_INFLIGHT": "3",
+            "GATEWAY_MAX_QUEUE": "5",
+            "GATEWAY_ACCESS_LOG": "Off",
+            "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_FORWARDED_ALLOW_IPS": "",
+        }
+    )
+    assert (server.bind, server.workers, server.threads) == ("0.0.0.0:9000", 3, 12)
+    assert server.access_log is False and server.log_level == "WARNING"
+    assert server.forwarded_allow_ips == ""  # set but empty: no proxy is trusted
+    assert ServerSettings.from_env({"GATEWAY_THREADS": "6"}).threads == 6
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_WORKERS", "many"),
+        ("GATEWAY_WORKERS", "0"),
+        ("GATEWAY_THREADS", "0"),
+        ("GATEWAY_TIMEOUT_S", "1.5"),
+        ("GATEWAY_MAX_INFLIGHT", "0"),
+        ("GATEWAY_MAX_QUEUE", "-1"),
+        ("GATEWAY_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_invalid_server_values_name_the_variable(name: str, value: str) -> None:
+    """A bad gunicorn setting fails with the variable's name, with or without API keys."""
+    with pytest.raises(ConfigError, match=name):
+        ServerSettings.from_env({name: value})
 
 
 def test_create_app_refuses_to_start_with_auth_and_no_key(make_gateway_app: MakeApp) -> None:
