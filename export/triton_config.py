@@ -22,18 +22,38 @@ _PREPROCESS_KEYS = (
 # Serving defaults, chosen from measurements on the 2-core reference box (docs/performance.md):
 # one instance whose ONNX Runtime session uses both cores (batch-1 latency stays the 2-thread
 # one), intra-op threads that sleep instead of spinning while they wait (the gateway shares
-# the cores; spinning took CPU from it), and no batching window: with one instance, requests
-# that arrive while it runs queue up and leave together as the next batch anyway, and ORT on
-# CPU gains little from bigger batches (25.6 img/s at batch 1, 26.3 at 16), while a window
-# is added in full to every request at low load (Triton's queue time: 2.16 ms with a 2 ms
-# window, 0.11 ms without). `python -m export --max-queue-delay-us` sets one for GPUs.
+# the cores; spinning took CPU from it; local backend only, see LOCAL_ALLOW_SPINNING_KEY), and
+# no batching window: with one instance, requests that arrive while it runs queue up and
+# leave together as the next batch anyway, and ORT on CPU gains little from bigger batches
+# (25.6 img/s at batch 1, 26.3 at 16), while a window is added in full to every request at
+# low load (Triton's queue time: 2.16 ms with a 2 ms window, 0.11 ms without).
+# `python -m export --max-queue-delay-us` sets one for GPUs.
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_QUEUE_DELAY_US = 0
 DEFAULT_INSTANCE_COUNT = 1
+
+#: ONNX Runtime parameters that NGC 24.10's native onnxruntime backend and our local one both
+#: read, with the same rules (docs/model-contract.md has the table). Export writes no others,
+#: except local-only tunings, whose keys start with LOCAL_SESSION_CONFIG_PREFIX.
+ORT_PARAMETER_KEYS: frozenset[str] = frozenset(
+    {
+        "execution_mode",
+        "intra_op_thread_count",
+        "inter_op_thread_count",
+        "enable_mem_arena",
+        "enable_mem_pattern",
+        "memory.enable_memory_arena_shrinkage",
+    }
+)
+#: `local_backend.session.<entry>`: an ONNX Runtime session config entry `session.<entry>` that
+#: only the local backend applies; NGC's backend ignores the key (no effect in production).
+LOCAL_SESSION_CONFIG_PREFIX = "local_backend.session."
+#: Idle intra-op threads sleep instead of spinning (local only: measured on the 2-core box).
+LOCAL_ALLOW_SPINNING_KEY = LOCAL_SESSION_CONFIG_PREFIX + "intra_op.allow_spinning"
 DEFAULT_ORT_PARAMETERS: Mapping[str, str] = {
     "intra_op_thread_count": "2",
     "inter_op_thread_count": "1",
-    "session.intra_op.allow_spinning": "0",
+    LOCAL_ALLOW_SPINNING_KEY: "0",
 }
 
 
@@ -55,6 +75,20 @@ class TritonModelConfig:
     instance_count: int = DEFAULT_INSTANCE_COUNT
     ort_parameters: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ORT_PARAMETERS))
     extra_parameters: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse ORT parameters that only one of the two backends would honour."""
+        unknown = sorted(
+            key
+            for key in self.ort_parameters
+            if key not in ORT_PARAMETER_KEYS and not key.startswith(LOCAL_SESSION_CONFIG_PREFIX)
+        )
+        if unknown:
+            raise ValueError(
+                f"ONNX Runtime parameters {unknown} are not read by NGC's onnxruntime backend "
+                f"(known: {sorted(ORT_PARAMETER_KEYS)}; local-only keys start with "
+                f"{LOCAL_SESSION_CONFIG_PREFIX!r})"
+            )
 
     def parameters(self) -> dict[str, str]:
         """All string parameters, in the order they are written."""

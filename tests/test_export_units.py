@@ -289,7 +289,7 @@ def test_serving_defaults_render_threads_spinning_and_batching() -> None:
     parameters = config_parameters(render_config(_resnet50_config()))
     assert parameters["intra_op_thread_count"] == "2"
     assert parameters["inter_op_thread_count"] == "1"
-    assert parameters["session.intra_op.allow_spinning"] == "0"
+    assert parameters["local_backend.session.intra_op.allow_spinning"] == "0"
 
 
 def test_preferred_batch_sizes_and_instances_render_when_set() -> None:
@@ -307,4 +307,4 @@ def test_preferred_batch_sizes_and_instances_render_when_set() -> None:
     assert parsed.instance_group[0].count == 2
     parameters = config_parameters(render_config(config))
     assert parameters["intra_op_thread_count"] == "1"
-    assert "session.intra_op.allow_spinning" not in parameters
+    assert "local_backend.session.intra_op.allow_spinning" not in parameters

@@ -1,5 +1,7 @@
 """Pure logic of the Python-based `onnxruntime` backend: config parsing, validation, batching.
 
+ONNX Runtime parameters in config.pbtxt follow the rules of NGC 24.10's native onnxruntime
+backend (docs/model-contract.md), so one config loads, or fails, the same way on both.
 Nothing here imports Triton's `triton_python_backend_utils`, so it is unit-testable in a
 plain interpreter; `model.py` wires it to Triton's request and response objects.
 """
@@ -7,20 +9,58 @@ plain interpreter; `model.py` wires it to Triton's request and response objects.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime as ort
 
 #: Environment variables that set the ONNX Runtime thread counts when config.pbtxt does not.
 INTRA_OP_THREADS_ENV = "LOCAL_TRITON_ORT_THREADS"
 INTER_OP_THREADS_ENV = "LOCAL_TRITON_ORT_INTER_OP_THREADS"
 
-#: config.pbtxt parameters whose key starts with this are ONNX Runtime session config entries
-#: (``SessionOptions.add_session_config_entry``), e.g. ``session.intra_op.allow_spinning``.
-SESSION_CONFIG_PREFIX = "session."
+# The config.pbtxt parameters NGC 24.10's native onnxruntime backend reads for a CPU instance
+# (triton-inference-server/onnxruntime_backend, src/onnxruntime.cc; docs/model-contract.md has
+# the table with line numbers). It ignores every other key, `session.*` included, so we do too.
+EXECUTION_MODE = "execution_mode"
+INTRA_OP_THREAD_COUNT = "intra_op_thread_count"
+INTER_OP_THREAD_COUNT = "inter_op_thread_count"
+ENABLE_MEM_ARENA = "enable_mem_arena"
+ENABLE_MEM_PATTERN = "enable_mem_pattern"
+MEMORY_ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+NATIVE_CPU_PARAMETERS: frozenset[str] = frozenset(
+    {
+        EXECUTION_MODE,
+        INTRA_OP_THREAD_COUNT,
+        INTER_OP_THREAD_COUNT,
+        ENABLE_MEM_ARENA,
+        ENABLE_MEM_PATTERN,
+        MEMORY_ARENA_SHRINKAGE,
+    }
+)
+#: Read natively only by GPU instances of the GPU build; this backend runs on CPU and ignores them.
+NATIVE_GPU_PARAMETERS: frozenset[str] = frozenset(
+    {
+        "cudnn_conv_algo_search",
+        "gpu_mem_limit",
+        "arena_extend_strategy",
+        "do_copy_in_default_stream",
+    }
+)
+
+#: Local-only tuning: ``local_backend.session.<entry>`` becomes the ONNX Runtime session config
+#: entry ``session.<entry>`` here; NGC's backend does not know the key and ignores it.
+LOCAL_BACKEND_PREFIX = "local_backend."
+LOCAL_SESSION_CONFIG_PREFIX = LOCAL_BACKEND_PREFIX + "session."
+
+# std::stoi, which the native ParseIntValue calls: C-locale white space, an optional sign, then
+# decimal digits; whatever follows is ignored ("1.5" is 1), no digits at all is an error.
+_STOI_PREFIX = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+_NGC_TOO = "NGC's onnxruntime backend fails this load too"
 
 #: Triton config data types this backend can feed to ONNX Runtime (strings are not supported).
 TRITON_TO_NUMPY: dict[str, np.dtype[Any]] = {
@@ -85,7 +125,15 @@ class ModelSpec:
     model_filename: str
     intra_op_threads: int | None
     inter_op_threads: int | None
+    #: Session config entries from ``local_backend.session.*`` (key without the prefix).
     session_config: tuple[tuple[str, str], ...] = ()
+    #: 0 = ORT_SEQUENTIAL, 1 = ORT_PARALLEL (``execution_mode``).
+    execution_mode: int = 0
+    #: None = ONNX Runtime's default (``enable_mem_arena`` / ``enable_mem_pattern`` absent).
+    enable_mem_arena: bool | None = None
+    enable_mem_pattern: bool | None = None
+    #: RunOptions config entries used for every run (``memory.enable_memory_arena_shrinkage``).
+    run_config: tuple[tuple[str, str], ...] = ()
 
     @property
     def batching(self) -> bool:
@@ -117,7 +165,7 @@ def _tensor_specs(entries: Iterable[Mapping[str, Any]], kind: str) -> tuple[Tens
 
 
 def _thread_count(value: str | None, source: str) -> int | None:
-    """Parse a thread count; None or 0 mean "ONNX Runtime's default"."""
+    """Parse a local thread-count environment variable; None or 0 mean ONNX Runtime's default."""
     if value is None or value.strip() == "":
         return None
     try:
@@ -130,41 +178,122 @@ def _thread_count(value: str | None, source: str) -> int | None:
 
 
 def _parameter(config: Mapping[str, Any], key: str) -> str | None:
-    """Read a string parameter of config.pbtxt's `parameters` map, if present."""
+    """The string_value of one config.pbtxt parameter ("" when it has none), None when absent."""
     parameters = config.get("parameters") or {}
-    entry = parameters.get(key)
-    if not isinstance(entry, Mapping):
+    if key not in parameters:
         return None
-    value = entry.get("string_value")
-    return None if value is None else str(value)
+    entry = parameters[key]
+    value = entry.get("string_value") if isinstance(entry, Mapping) else None
+    return "" if value is None else str(value)
+
+
+def native_int(key: str, value: str) -> int:
+    """Parse a parameter as the native backend's ParseIntValue (std::stoi) does, or fail the load.
+
+    std::stoi's out-of-range exception is not caught natively (the load cannot succeed there);
+    here it fails the load like any other bad value.
+    """
+    match = _STOI_PREFIX.match(value)
+    if match is None:
+        raise ModelConfigError(
+            f"parameter {key}: failed to convert {value!r} to integral number ({_NGC_TOO})"
+        )
+    number = int(match.group(1))
+    if not _INT_MIN <= number <= _INT_MAX:
+        raise ModelConfigError(
+            f"parameter {key}: {value!r} is out of range for a 32-bit integer "
+            "(std::stoi throws on it in NGC's onnxruntime backend too)"
+        )
+    return number
+
+
+def native_bool(key: str, value: str) -> bool:
+    """Parse a parameter as the native backend's ParseBoolValue does, or fail the load.
+
+    Only true/on/1 and false/off/0 in any ASCII case; no trimming, nothing else.
+    """
+    # std::tolower on each byte: only ASCII letters change case.
+    lowered = "".join(c.lower() if "A" <= c <= "Z" else c for c in value)
+    if lowered in ("true", "on", "1"):
+        return True
+    if lowered in ("false", "off", "0"):
+        return False
+    raise ModelConfigError(
+        f"parameter {key}: failed to convert {value!r} to boolean "
+        f"(true/on/1 or false/off/0; {_NGC_TOO})"
+    )
+
+
+def _native_thread_count(config: Mapping[str, Any], key: str) -> int | None:
+    """A thread-count parameter: std::stoi rules; 0 and negatives mean ONNX Runtime's default."""
+    value = _parameter(config, key)
+    if value is None:
+        return None
+    count = native_int(key, value)
+    # The native backend calls SetIntra/InterOpNumThreads only for counts above 0.
+    return count if count > 0 else None
+
+
+def _optional_bool(config: Mapping[str, Any], key: str) -> bool | None:
+    """A boolean parameter by the native rules, None when absent."""
+    value = _parameter(config, key)
+    return None if value is None else native_bool(key, value)
+
+
+def _execution_mode(config: Mapping[str, Any]) -> int:
+    """``execution_mode``: a std::stoi integer that must be 0 or 1 (absent = 0, sequential)."""
+    value = _parameter(config, EXECUTION_MODE)
+    if value is None:
+        return 0
+    mode = native_int(EXECUTION_MODE, value)
+    if mode not in (0, 1):
+        raise ModelConfigError(
+            f"parameter {EXECUTION_MODE} must be 0 (sequential) or 1 (parallel), "
+            f"got {value!r} ({_NGC_TOO})"
+        )
+    return mode
+
+
+def _run_config(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``memory.enable_memory_arena_shrinkage``, passed verbatim to RunOptions as natively.
+
+    Neither backend checks the value at load time: ONNX Runtime rejects a bad one at each run.
+    """
+    value = _parameter(config, MEMORY_ARENA_SHRINKAGE)
+    return () if value is None else ((MEMORY_ARENA_SHRINKAGE, value),)
 
 
 def _session_config(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The ``session.*`` string parameters, sorted by key, as ONNX Runtime config entries."""
+    """The ``local_backend.session.*`` parameters, sorted, as ``session.*`` config entries."""
     parameters = config.get("parameters") or {}
     entries = []
-    for key in sorted(parameters):
-        if not str(key).startswith(SESSION_CONFIG_PREFIX):
+    for key in sorted(str(k) for k in parameters):
+        if not key.startswith(LOCAL_SESSION_CONFIG_PREFIX):
             continue
-        value = _parameter(config, str(key))
-        if value is None or not value.strip():
+        value = _parameter(config, key) or ""
+        if not value.strip():
             raise ModelConfigError(f"parameter {key} needs a non-empty string_value")
-        entries.append((str(key), value.strip()))
+        entries.append((key[len(LOCAL_BACKEND_PREFIX) :], value.strip()))
     return tuple(entries)
 
 
 def parse_model_config(
     config: Mapping[str, Any], environ: Mapping[str, str] = os.environ
 ) -> ModelSpec:
-    """Build a ModelSpec from Triton's model config (JSON); config parameters beat environment."""
-    intra_param = _parameter(config, "intra_op_thread_count")
-    inter_param = _parameter(config, "inter_op_thread_count")
-    intra = _thread_count(intra_param, "parameter intra_op_thread_count")
-    if intra_param is None:
+    """Build a ModelSpec from Triton's model config (JSON); config parameters beat environment.
+
+    ONNX Runtime parameters follow NGC's native backend: the keys it reads on CPU, in its
+    order, with its value rules; every other key is ignored.
+    """
+    execution_mode = _execution_mode(config)
+    intra = _native_thread_count(config, INTRA_OP_THREAD_COUNT)
+    if _parameter(config, INTRA_OP_THREAD_COUNT) is None:
         intra = _thread_count(environ.get(INTRA_OP_THREADS_ENV), INTRA_OP_THREADS_ENV)
-    inter = _thread_count(inter_param, "parameter inter_op_thread_count")
-    if inter_param is None:
+    inter = _native_thread_count(config, INTER_OP_THREAD_COUNT)
+    if _parameter(config, INTER_OP_THREAD_COUNT) is None:
         inter = _thread_count(environ.get(INTER_OP_THREADS_ENV), INTER_OP_THREADS_ENV)
+    enable_mem_arena = _optional_bool(config, ENABLE_MEM_ARENA)
+    enable_mem_pattern = _optional_bool(config, ENABLE_MEM_PATTERN)
     max_batch_size = int(config.get("max_batch_size", 0))
     if max_batch_size < 0:
         raise ModelConfigError(f"max_batch_size must not be negative, got {max_batch_size}")
@@ -177,7 +306,43 @@ def parse_model_config(
         intra_op_threads=intra,
         inter_op_threads=inter,
         session_config=_session_config(config),
+        execution_mode=execution_mode,
+        enable_mem_arena=enable_mem_arena,
+        enable_mem_pattern=enable_mem_pattern,
+        run_config=_run_config(config),
     )
+
+
+def session_options(spec: ModelSpec) -> ort.SessionOptions:
+    """ONNX Runtime SessionOptions set from the spec the way the native backend sets them."""
+    options = ort.SessionOptions()
+    # Full graph optimisation (ORT's default and the native backend's when config.pbtxt has no
+    # `optimization { graph { level } }`), stated so a changed default cannot slow us down.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL
+        if spec.execution_mode == 1
+        else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    if spec.intra_op_threads is not None:
+        options.intra_op_num_threads = spec.intra_op_threads
+    if spec.inter_op_threads is not None:
+        options.inter_op_num_threads = spec.inter_op_threads
+    if spec.enable_mem_arena is not None:
+        options.enable_cpu_mem_arena = spec.enable_mem_arena
+    if spec.enable_mem_pattern is not None:
+        options.enable_mem_pattern = spec.enable_mem_pattern
+    for key, value in spec.session_config:
+        options.add_session_config_entry(key, value)
+    return options
+
+
+def run_options(spec: ModelSpec) -> ort.RunOptions:
+    """The RunOptions every run of this model uses (the native backend builds one per instance)."""
+    options = ort.RunOptions()
+    for key, value in spec.run_config:
+        options.add_run_config_entry(key, value)
+    return options
 
 
 def check_against_session(

@@ -41,6 +41,8 @@ from local_triton.ort_backend.core import (  # noqa: E402
     concatenate_inputs,
     parse_model_config,
     plan_runs,
+    run_options,
+    session_options,
     split_outputs,
     validate_request_inputs,
 )
@@ -51,20 +53,11 @@ from local_triton.ort_backend.core import (  # noqa: E402
 
 
 def create_session(path: Path, spec: ModelSpec) -> ort.InferenceSession:
-    """Open an ONNX Runtime CPU session with the configured threads and entries; raise clearly."""
+    """Open an ONNX Runtime CPU session with the spec's options; raise clearly."""
     if not path.is_file():
         raise ModelConfigError(f"model file {path} does not exist")
-    options = ort.SessionOptions()
-    # Full graph optimisation (ORT's default, stated so a changed default cannot slow us down).
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if spec.intra_op_threads is not None:
-        options.intra_op_num_threads = spec.intra_op_threads
-    if spec.inter_op_threads is not None:
-        options.inter_op_num_threads = spec.inter_op_threads
     try:
-        for key, value in spec.session_config:
-            options.add_session_config_entry(key, value)
+        options = session_options(spec)
         return ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -91,6 +84,8 @@ class TritonPythonModel:
             Path(args["model_repository"]) / args["model_version"] / self._spec.model_filename
         )
         self._session = create_session(model_path, self._spec)
+        # One RunOptions for every run, as the native backend keeps one per instance.
+        self._run_options = run_options(self._spec)
         session_inputs = {i.name: (i.type, list(i.shape)) for i in self._session.get_inputs()}
         session_outputs = [o.name for o in self._session.get_outputs()]
         self._graph_dims = check_against_session(self._spec, session_inputs, session_outputs)
@@ -100,6 +95,10 @@ class TritonPythonModel:
             f"onnxruntime backend: loaded {model_path} "
             f"(intra_op_threads={self._spec.intra_op_threads}, "
             f"inter_op_threads={self._spec.inter_op_threads}, "
+            f"execution_mode={self._spec.execution_mode}, "
+            f"enable_mem_arena={self._spec.enable_mem_arena}, "
+            f"enable_mem_pattern={self._spec.enable_mem_pattern}, "
+            f"run_config={dict(self._spec.run_config)}, "
             f"session_config={dict(self._spec.session_config)}, "
             f"max_batch_size={self._spec.max_batch_size}; onnxruntime {ort.__version__}, "
             f"numpy {np.__version__} from {Path(np.__file__).parent})"
@@ -116,7 +115,7 @@ class TritonPythonModel:
     def _run(self, requests: Sequence[Mapping[str, Array]]) -> list[dict[str, Array]]:
         """One ONNX Runtime call for several requests; returns each request's checked outputs."""
         feed = concatenate_inputs(self._spec, requests)
-        values = self._session.run(self._output_names, feed)
+        values = self._session.run(self._output_names, feed, self._run_options)
         outputs = {
             spec.name: check_output(spec, value, self._spec.batching)
             for spec, value in zip(self._spec.outputs, values, strict=True)
