@@ -2,13 +2,15 @@
 
 - tests/fixtures/models.py: a model repository published by the real `python -m export`;
 - tests/fixtures/triton.py: the real Triton server (local_triton) on that repository;
-- tests/fixtures/gateway.py: the real gateway under gunicorn, over HTTP.
+- tests/fixtures/gateway.py: the real gateway under gunicorn, over HTTP;
+- tests/reliability_support.py: the Python-backend models and their session Triton.
 """
 
 pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.triton",
     "tests.fixtures.gateway",
+    "tests.reliability_support",
 ]
 
 

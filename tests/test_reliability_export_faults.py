@@ -38,7 +38,6 @@ from tests.fixtures.models import REPO_ROOT, SMALL_MODEL_ARGS, export_python, ru
 from tests.reliability_support import (
     env_int,
     report,
-    small_repository_v1,  # noqa: F401  (fixture)
     wait_for,
 )
 
@@ -245,7 +244,7 @@ def run_export_faults(repository_v1: Path, tmp_path: Path, start_triton: Any, ki
 
 
 def test_killed_exports_never_expose_a_partial_version(
-    small_repository_v1: Path,  # noqa: F811
+    small_repository_v1: Path,
     tmp_path: Path,
     start_triton: Any,
 ) -> None:
@@ -257,7 +256,7 @@ def test_killed_exports_never_expose_a_partial_version(
 
 @pytest.mark.slow
 def test_killed_exports_never_expose_a_partial_version_full(
-    small_repository_v1: Path,  # noqa: F811
+    small_repository_v1: Path,
     tmp_path: Path,
     start_triton: Any,
 ) -> None:

@@ -28,7 +28,6 @@ from tests.reliability_support import (
     photo_payloads,
     report,
     run_clients,
-    small_repository_v1,  # noqa: F401  (fixture)
     summary,
     wait_for,
 )
@@ -45,7 +44,7 @@ V2_LABELS = [f"swap class {i}" for i in range(12)]
 @pytest.mark.parametrize("mode", ["poll", "explicit"])
 def test_hot_swap_under_load_fails_nothing_and_never_mixes_labels(
     mode: ModelControlMode,
-    small_repository_v1: Path,  # noqa: F811
+    small_repository_v1: Path,
     tmp_path: Path,
     start_triton: Any,
     start_gateway: StartGateway,

@@ -22,8 +22,6 @@ from tests.reliability_support import (
     LoadRun,
     env_float,
     env_int,
-    fast_repository,  # noqa: F401  (fixture)
-    fast_triton,  # noqa: F401  (fixture)
     median,
     percentile,
     photo_jpeg,
@@ -144,8 +142,8 @@ def check_overload(
 
 
 def test_overload_is_shed_with_fast_503_and_retry_after(
-    fast_triton: TritonServer,  # noqa: F811
-    fast_repository: Any,  # noqa: F811
+    fast_triton: TritonServer,
+    fast_repository: Any,
     start_gateway: StartGateway,
 ) -> None:
     """Many more clients than capacity: every request answered in time, 200 or 503+Retry-After."""
@@ -158,8 +156,8 @@ def test_overload_is_shed_with_fast_503_and_retry_after(
 
 @pytest.mark.slow
 def test_overload_full_form(
-    fast_triton: TritonServer,  # noqa: F811
-    fast_repository: Any,  # noqa: F811
+    fast_triton: TritonServer,
+    fast_repository: Any,
     start_gateway: StartGateway,
 ) -> None:
     """Full form: 200 clients for 30 s, the same checks."""

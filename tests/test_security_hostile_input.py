@@ -34,8 +34,6 @@ from tests.fixtures.gateway import GatewayProcess, StartGateway
 from tests.reliability_support import (
     FAST_MODEL,
     env_int,
-    fast_repository,  # noqa: F401  (fixture)
-    fast_triton,  # noqa: F401  (fixture)
     report,
     wait_for_workers,
     worker_rss,
@@ -437,8 +435,8 @@ def run_hostile(gateway: GatewayProcess, count: int) -> None:
 
 
 def test_hostile_requests_get_json_4xx_never_5xx(
-    fast_triton: TritonServer,  # noqa: F811
-    fast_repository: Any,  # noqa: F811
+    fast_triton: TritonServer,
+    fast_repository: Any,
     start_gateway: StartGateway,
 ) -> None:
     """1000 generated hostile requests: JSON 4xx (or 200 for a still-decodable image), no 5xx."""
@@ -448,8 +446,8 @@ def test_hostile_requests_get_json_4xx_never_5xx(
 
 @pytest.mark.slow
 def test_hostile_requests_full_form(
-    fast_triton: TritonServer,  # noqa: F811
-    fast_repository: Any,  # noqa: F811
+    fast_triton: TritonServer,
+    fast_repository: Any,
     start_gateway: StartGateway,
 ) -> None:
     """5000 generated hostile requests, same checks."""

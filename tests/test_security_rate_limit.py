@@ -22,8 +22,6 @@ from tests.fakes_gateway import data_url, encode_image
 from tests.fixtures.gateway import UNIT_KEYS, MakeApp, StartGateway
 from tests.reliability_support import (
     FAST_MODEL,
-    fast_repository,  # noqa: F401  (fixture)
-    fast_triton,  # noqa: F401  (fixture)
 )
 
 IMAGE = {"image": data_url(encode_image(np.zeros((40, 40, 3), np.uint8)))}
@@ -104,8 +102,8 @@ def test_rate_limit_setting_is_validated() -> None:
 
 @pytest.mark.e2e
 def test_rate_limit_over_http_and_no_key_in_logs_or_metrics(
-    fast_triton: TritonServer,  # noqa: F811
-    fast_repository: Path,  # noqa: F811
+    fast_triton: TritonServer,
+    fast_repository: Path,
     start_gateway: StartGateway,
 ) -> None:
     """gunicorn, one worker, 5/minute: 5 answers, then 429 + Retry-After; the key is nowhere."""
