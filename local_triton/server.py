@@ -229,10 +229,6 @@ class TritonServer:
         """True when /v2/health/ready answers 200 (strict readiness: all loaded models ready)."""
         return self._http_status("/v2/health/ready") == 200
 
-    def is_live(self) -> bool:
-        """True when /v2/health/live answers 200."""
-        return self._http_status("/v2/health/live") == 200
-
     def _http_status(self, path: str) -> int | None:
         """HTTP status of a GET on Triton's HTTP port, None when nothing answers."""
         try:
