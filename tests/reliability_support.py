@@ -14,7 +14,6 @@ Figures are printed with `report(...)` (shown by `pytest -s` and in the slow run
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import statistics
@@ -31,6 +30,7 @@ import requests
 from PIL import Image
 
 from local_triton import TritonServer
+from tests.fakes_gateway import data_url
 from tests.fixtures.models import SMALL_MODEL_ARGS, run_export
 from tests.fixtures.triton import serve_until_teardown
 
@@ -174,14 +174,9 @@ def photo_jpeg(name: str, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def data_url(jpeg: bytes) -> str:
-    """The front end's encoding of an image: a base64 JPEG data URL."""
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-
 def photo_payloads() -> list[dict[str, Any]]:
     """The four real photos as front-end JSON payloads."""
-    return [{"image": data_url(photo_jpeg(name))} for name in PHOTO_NAMES]
+    return [{"image": data_url(photo_jpeg(name), "image/jpeg")} for name in PHOTO_NAMES]
 
 
 # -- load --------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.fixtures.models import REPO_ROOT
+
 SMOKE_TIMEOUT_S = 300
 HEADLINE_KEYS = (
     "ort_limit_ips",

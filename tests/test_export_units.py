@@ -41,8 +41,7 @@ from export.triton_config import (
     render_config,
 )
 from tests.export_support import preprocess
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.fixtures.models import REPO_ROOT
 
 
 def _contract_config_example() -> str:

@@ -25,8 +25,8 @@ from skimage import data as skimage_data
 
 from local_stack import cli as stack_cli
 from local_triton import free_port
+from tests.fixtures.models import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_S = 300.0
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
 API_KEY = "stack-test-key"

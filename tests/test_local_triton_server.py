@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from local_triton import TritonServer
 from local_triton.server import SHM_DIR
+from tests.fixtures.models import REPO_ROOT
 from tests.fixtures.triton import (
     TINY_SIZE,
     StartTriton,
@@ -32,8 +33,6 @@ from tests.fixtures.triton import (
     settled_statistics,
     write_tiny_model,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def images(batch: int, seed: int, size: int = TINY_SIZE) -> npt.NDArray[np.float32]:

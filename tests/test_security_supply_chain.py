@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.fixtures.models import REPO_ROOT
+
 REQUIREMENTS = REPO_ROOT / "gateway" / "requirements.txt"
 ACCEPTED = REPO_ROOT / "gateway" / "pip-audit-accepted.txt"
 AUDIT_TIMEOUT_S = 600
