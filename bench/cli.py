@@ -28,6 +28,7 @@ from bench.report import STAGES, BenchResults, table, to_json, write_chart, writ
 from bench.repository import PublishedModel, RepositoryError, publish, reuse
 from bench.servers import ServerError
 from bench.triton_client_bench import TritonBenchError
+from export.cpu_features import read_cpu_features
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_MODEL = "resnet50"
@@ -147,22 +148,11 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``lscpu``'s "Model name", from /proc/cpuinfo), else the platform's."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def _machine() -> dict[str, object]:
+    cpu = read_cpu_features()
     return {
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu.model,
+        "cpu_int8_flags": cpu.as_dict()["flags"],
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -157,7 +157,9 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
     if "cpu_count" in settings:
         lines.append(
             f"machine:                     {settings.get('cpu_model', 'unknown CPU')}, "
-            f"{settings['cpu_count']} CPUs, load average {settings.get('load_average_start')} "
+            f"{settings['cpu_count']} CPUs (int8 flags: "
+            f"{' '.join(settings.get('cpu_int8_flags', [])) or 'not recorded'}), "
+            f"load average {settings.get('load_average_start')} "
             f"at start, {settings.get('load_average_end')} at end"
         )
     return "\n".join(lines)
