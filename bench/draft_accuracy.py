@@ -22,18 +22,20 @@ from typing import Any
 import numpy as np
 
 from bench.payloads import upscale_to_1080p
-from bench.repository import RepositoryError, config_parameters, latest_version
+from bench.repository import RepositoryError, latest_version, preprocess_from
 from gateway.images import BeforeLoad, ImageLimits, jpeg_draft, load_rgb
-from gateway.preprocess import PreprocessSpec, preprocess
+from model_contract.files import CONFIG_FILE, MODEL_FILE
+from model_contract.preprocessing import Preprocessing, preprocess
+from model_contract.triton_config import config_parameters
 
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "imagenet-samples"
 LIMITS = ImageLimits(max_bytes=10**8, max_pixels=10**8)
 CHUNK = 50
 
 
-def _spec(model_dir: Path) -> PreprocessSpec:
-    parameters = config_parameters((model_dir / "config.pbtxt").read_text(encoding="utf-8"))
-    return PreprocessSpec.from_parameters(parameters, model_dir.name)
+def _spec(model_dir: Path) -> Preprocessing:
+    parameters = config_parameters((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    return preprocess_from(parameters)
 
 
 def measure(
@@ -43,7 +45,7 @@ def measure(
     import onnxruntime as ort
 
     spec = _spec(model_dir)
-    onnx_path = model_dir / latest_version(model_dir) / "model.onnx"
+    onnx_path = model_dir / latest_version(model_dir) / MODEL_FILE
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     with (images / "index.csv").open(encoding="utf-8") as index:

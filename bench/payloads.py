@@ -20,6 +20,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
+from model_contract.preprocessing import Preprocessing
+from model_contract.preprocessing import preprocess as contract_preprocess
+
 Tensor = npt.NDArray[np.float32]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,11 +32,6 @@ FULL_HD = (1920, 1080)
 JPEG_QUALITY = 90
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
-_RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
 
 
 class PayloadError(Exception):
@@ -59,17 +57,6 @@ class PayloadSet:
     def mean_kib(self) -> float:
         """Return the mean JPEG size in KiB (before base64)."""
         return sum(len(jpeg) for jpeg in self.jpegs) / len(self.jpegs) / 1024
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """The contract's preprocessing: Resize, CenterCrop, ToTensor, Normalize (torchvision)."""
-
-    resize_size: int = 232
-    crop_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
 
 
 def _encode_jpeg(image: Image.Image) -> bytes:
@@ -162,25 +149,12 @@ def request_body(jpeg: bytes) -> bytes:
     return json.dumps({"image": f"data:image/jpeg;base64,{encoded}"}).encode("ascii")
 
 
-def preprocess(jpeg: bytes, params: Preprocess) -> Tensor:
-    """Turn JPEG bytes into the model's float32 CHW tensor exactly as torchvision would on PIL."""
+def preprocess(jpeg: bytes, params: Preprocessing) -> Tensor:
+    """Decode JPEG bytes and apply the contract's preprocessing (torchvision's, bit for bit)."""
     with Image.open(io.BytesIO(jpeg)) as opened:
-        image = opened.convert("RGB")
-    short, long = sorted(image.size)
-    resized_long = int(params.resize_size * long / short)
-    if image.width <= image.height:
-        size = (params.resize_size, resized_long)
-    else:
-        size = (resized_long, params.resize_size)
-    image = image.resize(size, _RESAMPLING[params.interpolation])
-    crop = params.crop_size
-    left = round((image.width - crop) / 2.0)
-    top = round((image.height - crop) / 2.0)
-    pixels = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.float32) / 255.0
-    normalised = (pixels - np.array(params.mean, np.float32)) / np.array(params.std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+        return contract_preprocess(opened.convert("RGB"), params)
 
 
-def tensor_pool(payloads: PayloadSet, params: Preprocess) -> Tensor:
+def tensor_pool(payloads: PayloadSet, params: Preprocessing) -> Tensor:
     """Return an (N, 3, crop, crop) float32 array of the payloads, preprocessed once up front."""
     return np.stack([preprocess(jpeg, params) for jpeg in payloads.jpegs])

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.payloads import Preprocess
+from model_contract.errors import ContractError
+from model_contract.files import CONFIG_FILE, LABELS_FILE, MODEL_FILE, PROVENANCE_FILE
+from model_contract.preprocessing import Preprocessing
+from model_contract.repository import latest_version as contract_latest_version
+from model_contract.triton_config import config_parameters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGED_WEIGHTS_MODELS = ("efficientnet_lite0",)
 EXPORT_TIMEOUT_S = 900.0
-_PARAMETER = re.compile(
-    r'key:\s*"(?P<key>[^"]+)"\s*value\s*\{\s*string_value:\s*"(?P<value>[^"]*)"\s*\}'
-)
 
 
 class RepositoryError(Exception):
@@ -40,7 +40,7 @@ class PublishedModel:
     name: str
     version: str
     arch: str
-    preprocess: Preprocess
+    preprocess: Preprocessing
     state_dict: Path | None
     weights_note: str
 
@@ -52,44 +52,30 @@ class PublishedModel:
     @property
     def onnx_path(self) -> Path:
         """The published model.onnx."""
-        return self.version_dir / "model.onnx"
+        return self.version_dir / MODEL_FILE
 
     @property
     def labels_path(self) -> Path:
         """The model-level labels.txt."""
-        return self.repository / self.name / "labels.txt"
+        return self.repository / self.name / LABELS_FILE
 
 
-def config_parameters(config_text: str) -> dict[str, str]:
-    """Return the string parameters of a config.pbtxt (key -> string_value)."""
-    return {match["key"]: match["value"] for match in _PARAMETER.finditer(config_text)}
-
-
-def preprocess_from(parameters: dict[str, str]) -> Preprocess:
-    """Build the preprocessing the contract's `preprocess_*` parameters describe."""
+def preprocess_from(parameters: dict[str, str]) -> Preprocessing:
+    """The preprocessing the contract's `preprocess_*` parameters describe, or RepositoryError."""
     try:
-        mean = tuple(float(v) for v in parameters["preprocess_mean"].split(","))
-        std = tuple(float(v) for v in parameters["preprocess_std"].split(","))
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError("mean and std need three values")
-        return Preprocess(
-            resize_size=int(parameters["preprocess_resize_size"]),
-            crop_size=int(parameters["preprocess_crop_size"]),
-            mean=(mean[0], mean[1], mean[2]),
-            std=(std[0], std[1], std[2]),
-            interpolation=parameters.get("preprocess_interpolation", "bilinear"),
-        )
-    except (KeyError, ValueError) as error:
-        message = f"config.pbtxt lacks usable preprocess_* parameters: {error}"
-        raise RepositoryError(message) from None
+        return Preprocessing.from_parameters(parameters)
+    except ContractError as error:
+        raise RepositoryError(
+            f"config.pbtxt lacks usable preprocess_* parameters: {error}"
+        ) from None
 
 
 def latest_version(model_dir: Path) -> str:
-    """Return the highest numeric version directory of a model."""
-    versions = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    if not versions:
+    """The highest published version of a model, or RepositoryError when there is none."""
+    version = contract_latest_version(model_dir)
+    if version is None:
         raise RepositoryError(f"{model_dir} has no published version (no numeric directory)")
-    return max(versions, key=int)
+    return str(version)
 
 
 def read_published(
@@ -97,13 +83,13 @@ def read_published(
 ) -> PublishedModel:
     """Read a published model's latest version and contract parameters from `repository`."""
     model_dir = repository / name
-    config = model_dir / "config.pbtxt"
+    config = model_dir / CONFIG_FILE
     if not config.is_file():
         raise RepositoryError(f"{config} does not exist: publish {name!r} with `python -m export`")
     parameters = config_parameters(config.read_text(encoding="utf-8"))
     version = latest_version(model_dir)
-    if not (model_dir / version / "model.onnx").is_file():
-        raise RepositoryError(f"{model_dir / version} has no model.onnx")
+    if not (model_dir / version / MODEL_FILE).is_file():
+        raise RepositoryError(f"{model_dir / version} has no {MODEL_FILE}")
     return PublishedModel(
         repository=repository,
         name=name,
@@ -188,7 +174,9 @@ def reuse(repository: Path, model: str) -> PublishedModel:
         raise RepositoryError(f"{repository} holds no model named {model!r}")
     provenance: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
-        provenance = json.loads((model_dir / latest_version(model_dir) / "export.json").read_text())
+        provenance = json.loads(
+            (model_dir / latest_version(model_dir) / PROVENANCE_FILE).read_text()
+        )
     arch = str(provenance.get("architecture") or model)
     if arch in PACKAGED_WEIGHTS_MODELS:
         return read_published(repository, model, arch, None, "packaged ImageNet weights")

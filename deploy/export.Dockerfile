@@ -23,6 +23,7 @@ RUN groupadd --gid 1000 export \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY model_contract/ model_contract/
 COPY export/ export/
 RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} ".[export]" \
  && rm -rf /src/build

@@ -21,6 +21,7 @@ WORKDIR /app
 COPY gateway/requirements.txt /app/gateway/requirements.txt
 RUN pip install --only-binary=:all: -r /app/gateway/requirements.txt
 
+COPY model_contract/ /app/model_contract/
 COPY gateway/ /app/gateway/
 COPY deploy/healthcheck.py /app/healthcheck.py
 

@@ -37,6 +37,10 @@ from typing import Any
 
 import requests
 
+from model_contract import labels as contract_labels
+from model_contract.files import LABELS_FILE
+from model_contract.repository import labels_path
+
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".gif")
 MIME = {".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp", ".gif": "image/gif"}
 
@@ -126,8 +130,11 @@ def find_samples(folder: Path, limit: int | None) -> list[Sample]:
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
-    """One class name a line."""
-    return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    """The contract's labels file; a broken one ends the run with the reason."""
+    try:
+        return tuple(contract_labels.read_labels(path))
+    except contract_labels.LabelsError as error:
+        raise SystemExit(str(error)) from None
 
 
 class LabelSource:
@@ -144,18 +151,13 @@ class LabelSource:
             return self._fixed
         key = (model, version)
         if key not in self._cache:
-            for path in (
-                self._repository / model / version / "labels.txt",
-                self._repository / model / "labels.txt",
-            ):
-                if path.is_file():
-                    self._cache[key] = read_labels(path)
-                    break
-            else:
+            path = labels_path(self._repository / model, version)
+            if path is None:
                 raise SystemExit(
-                    f"no labels.txt for {model} version {version} under {self._repository}: "
+                    f"no {LABELS_FILE} for {model} version {version} under {self._repository}: "
                     "pass --labels or --model-repository"
                 )
+            self._cache[key] = read_labels(path)
         return self._cache[key]
 
 

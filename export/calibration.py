@@ -20,8 +20,8 @@ from export.calibration_defaults import (
     MIN_IMAGES_FOR_SPLIT,
 )
 from export.errors import UsageError
-from export.images import FloatArray, load_image, preprocess_image, stack
-from export.preprocessing import Preprocessing
+from export.images import load_image, stack
+from model_contract.preprocessing import FloatArray, Preprocessing, preprocess
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 INDEX_FILENAME = "index.csv"
@@ -62,7 +62,7 @@ class SampleImage:
 
     def preprocessed(self, preprocessing: Preprocessing) -> FloatArray:
         """The CHW float32 input the model gets for this photo."""
-        return preprocess_image(self.load(), preprocessing)
+        return preprocess(self.load(), preprocessing)
 
 
 @dataclass(frozen=True)

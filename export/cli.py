@@ -20,7 +20,7 @@ from export.calibration_defaults import (
     MIN_IMAGES_FOR_SPLIT,
 )
 from export.errors import EXIT_INTERRUPTED, EXIT_OK, ExportError, UsageError
-from export.triton_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
+from model_contract.triton_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
 
 if TYPE_CHECKING:
     from export.pipeline import ExportResult

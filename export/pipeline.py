@@ -14,9 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from export.errors import UsageError, VersionExistsError
-from export.labels import render_labels
 from export.onnx_export import OnnxInfo, export_onnx, inspect_onnx
-from export.preprocessing import Preprocessing
 from export.progress import Progress
 from export.publish import VersionPublisher
 from export.quant_step import (
@@ -36,13 +34,15 @@ from export.sources import (
 from export.sources import (
     check_model_name as check_architecture,
 )
-from export.triton_config import (
+from export.validate import ParityPolicy, ValidationReport, validate
+from model_contract.labels import render_labels
+from model_contract.preprocessing import Preprocessing
+from model_contract.triton_config import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     TritonModelConfig,
     render_config,
 )
-from export.validate import ParityPolicy, ValidationReport, validate
 
 DEFAULT_REPOSITORY = Path("model_repository")
 

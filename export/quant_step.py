@@ -18,7 +18,6 @@ from export.calibration_defaults import DEFAULT_CALIBRATION_COUNT, DEFAULT_VALID
 from export.cpu_features import CpuFeatures, read_cpu_features
 from export.errors import ConversionError, UsageError, ValidationFailedError
 from export.images import stack
-from export.preprocessing import Preprocessing
 from export.progress import Progress
 from export.quant_validate import QuantPolicy, QuantValidationReport, validate_quantized
 from export.quantize import (
@@ -29,6 +28,7 @@ from export.quantize import (
     summarize_qdq,
 )
 from export.throughput import Throughput, measure_interleaved
+from model_contract.preprocessing import Preprocessing
 
 SPEED_BATCH = 8
 SPEED_SECONDS_PER_MODEL = 1.5

@@ -15,9 +15,9 @@ import numpy.typing as npt
 
 from export.calibration_defaults import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_SPEEDUP
 from export.errors import ValidationFailedError
-from export.images import FloatArray
 from export.throughput import cpu_session
 from export.validate import run_checker
+from model_contract.preprocessing import FloatArray
 
 INFERENCE_BATCH = 16
 

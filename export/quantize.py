@@ -30,7 +30,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.cpu_features import saturates_without_vnni
 from export.errors import ConversionError
-from export.images import FloatArray
+from model_contract.preprocessing import FloatArray
 
 QUANTIZATION_TAG = "int8-qdq-per-channel"
 CalibrationName = Literal["minmax", "entropy", "percentile"]

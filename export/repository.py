@@ -14,22 +14,23 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import model_contract.files
 from export.errors import RepositoryError, UsageError, VersionExistsError
+from model_contract.errors import ContractError
+from model_contract.repository import list_versions
 
 STAGING_PREFIX = ".staging-"
 RETIRED_PREFIX = ".retired-"
 TEMP_FILE_PREFIX = ".tmp-"
 _OWNED_NAME = re.compile(r"^\.(?:staging|retired|tmp)-(\d+)-")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def check_model_name(name: str) -> None:
-    """A model name we create: letters, digits, '_', '.', '-'; no leading dot."""
-    if not _MODEL_NAME.match(name) or name in (".", ".."):
-        raise UsageError(
-            f"invalid model name {name!r}: use letters, digits, '_', '.' and '-' (not starting "
-            "with '.' or '-')"
-        )
+    """The contract's model-name rule, its refusal as a UsageError (exit code 2)."""
+    try:
+        model_contract.files.check_model_name(name)
+    except ContractError as error:
+        raise UsageError(str(error)) from None
 
 
 def ensure_repository(path: Path) -> Path:
@@ -71,17 +72,6 @@ def check_repository_usable(path: Path) -> None:
         raise RepositoryError(
             f"cannot create model repository {path}: {ancestor} is not a writable directory"
         )
-
-
-def list_versions(model_dir: Path) -> list[int]:
-    """The published versions: numeric sub-directories, sorted."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(
-        int(entry.name)
-        for entry in model_dir.iterdir()
-        if entry.name.isascii() and entry.name.isdigit() and entry.is_dir()
-    )
 
 
 def next_version(model_dir: Path) -> int:

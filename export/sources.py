@@ -28,9 +28,9 @@ from export.errors import (
     UsageError,
     WeightsUnavailableError,
 )
-from export.labels import read_labels
-from export.preprocessing import IMAGENET_DEFAULT, Preprocessing, from_torchvision_transforms
 from export.progress import Progress
+from model_contract import labels as contract_labels
+from model_contract.preprocessing import Preprocessing
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 DEFAULT_MODEL = "resnet50"
@@ -40,6 +40,14 @@ DEFAULT_MODEL = "resnet50"
 # and the resize follows the TF eval recipe (crop 224 of a 224 + 32 = 256 resize). The package
 # itself documents only Resize(image_size). Checked on 500 ImageNet sample photos:
 # 87.8% top-1 with this recipe, 79.6% with the ImageNet mean/std, 86.6% with resize 224 (no crop).
+# torchvision's classic ImageNet recipe, for architectures whose weights carry no transforms.
+IMAGENET_DEFAULT = Preprocessing(
+    resize_size=256,
+    crop_size=224,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    interpolation="bilinear",
+)
 EFFICIENTNET_LITE0_PREPROCESSING = Preprocessing(
     resize_size=256,
     crop_size=224,
@@ -627,3 +635,34 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_labels(path: Path) -> list[str]:
+    """The contract's labels file reader, its errors as export's LabelsError (exit code 2)."""
+    try:
+        return contract_labels.read_labels(path)
+    except contract_labels.LabelsError as error:
+        raise LabelsError(str(error)) from None
+
+
+def _single_size(value: Any, what: str) -> int:
+    """torchvision stores sizes as [n]; accept int or one-element sequence."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], int):
+        return int(value[0])
+    raise ValueError(
+        f"unsupported {what} {value!r}: only square crops / shorter-side resizes are supported"
+    )
+
+
+def from_torchvision_transforms(transforms: Any) -> Preprocessing:
+    """Read torchvision's ImageClassification preset (weights.transforms()) into a Preprocessing."""
+    interpolation = getattr(transforms.interpolation, "value", str(transforms.interpolation))
+    return Preprocessing(
+        resize_size=_single_size(transforms.resize_size, "resize_size"),
+        crop_size=_single_size(transforms.crop_size, "crop_size"),
+        mean=(float(transforms.mean[0]), float(transforms.mean[1]), float(transforms.mean[2])),
+        std=(float(transforms.std[0]), float(transforms.std[1]), float(transforms.std[2])),
+        interpolation=str(interpolation),
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from export.images import FloatArray
+from model_contract.preprocessing import FloatArray
 
 WARMUP_RUNS = 2
 ROUND_SECONDS = 0.25

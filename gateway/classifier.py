@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +19,8 @@ from gateway.backend import FloatArray, InferenceBackend, ModelSpec
 from gateway.errors import ModelMisconfigured, UpstreamError
 from gateway.images import ImageLimits, jpeg_draft, load_rgb
 from gateway.labels import LabelStore
-from gateway.preprocess import PreprocessSpec, preprocess
+from model_contract.errors import ContractError
+from model_contract.preprocessing import Preprocessing, preprocess
 
 log = logging.getLogger("gateway.classifier")
 
@@ -29,7 +30,7 @@ class ServedModel:
     """A model's Triton interface with its parsed preprocessing."""
 
     spec: ModelSpec
-    preprocessing: PreprocessSpec
+    preprocessing: Preprocessing
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Classifier:
         if cached is not None and cached[0] > now and not refresh:
             return cached[1]
         spec = self.backend.model_spec(name, version)
-        served = ServedModel(spec, PreprocessSpec.from_parameters(spec.parameters, name))
+        served = ServedModel(spec, preprocessing_of(spec.parameters, name))
         _check_interface(served)
         with self._lock:
             self._models[key] = (now + self._ttl_s, served)
@@ -246,3 +247,11 @@ def top_k_indices(probabilities: FloatArray, k: int) -> list[int]:
     candidates = np.argpartition(-probabilities, k - 1)[:k]
     order = np.lexsort((candidates, -probabilities[candidates]))
     return [int(i) for i in candidates[order]]
+
+
+def preprocessing_of(parameters: Mapping[str, str], model: str) -> Preprocessing:
+    """A model's preprocessing from its config parameters; ModelMisconfigured when unusable."""
+    try:
+        return Preprocessing.from_parameters(parameters)
+    except ContractError as error:
+        raise ModelMisconfigured(f"Model {model!r} has unusable preprocessing: {error}.") from None

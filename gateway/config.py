@@ -53,12 +53,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.ratelimit import RateLimitSyntaxError, parse_rate_limit
+from model_contract.files import is_valid_model_name
 
 PREFIX = "GATEWAY_"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 #: Threads per worker beyond the admission gate's working and waiting requests, so that
@@ -68,11 +68,6 @@ SPARE_THREADS = 4
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the variable and what is expected."""
-
-
-def is_valid_model_name(name: str) -> bool:
-    """Return True when ``name`` is a safe Triton model name (also safe as a path component)."""
-    return bool(_MODEL_NAME.fullmatch(name)) and ".." not in name
 
 
 @dataclass(frozen=True)

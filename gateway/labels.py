@@ -1,11 +1,9 @@
-"""Class names from the model repository.
+"""Class names from the model repository, as the contract lays them out.
 
-Read from ``<repo>/<name>/<version>/labels.txt``, else ``<repo>/<name>/labels.txt``.
-
-Labels follow the version that answered, so a hot swap to a version (or model) with
-other classes changes the answers' names without restarting the gateway. Entries are
-cached per (name, version) and revalidated with one ``stat`` per lookup, so a file
-rewritten in place is picked up too.
+Labels follow the version that answered, so a hot swap to a version (or model) with other
+classes changes the answers' names without restarting the gateway. Entries are cached per
+(name, version) and revalidated with one ``stat`` per lookup, so a file rewritten in place is
+picked up too.
 """
 
 from __future__ import annotations
@@ -15,11 +13,12 @@ import os
 import threading
 from pathlib import Path
 
-from gateway.config import is_valid_model_name
 from gateway.errors import ModelMisconfigured
+from model_contract.files import LABELS_FILE, is_valid_model_name
+from model_contract.labels import LabelsError, read_labels
+from model_contract.repository import is_version_name, labels_path
 
 log = logging.getLogger("gateway.labels")
-LABEL_FILE = "labels.txt"
 _MAX_CACHED = 256
 
 
@@ -44,7 +43,11 @@ class LabelStore:
         cached = self._cache.get(key)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        labels = _read(path, name, version)
+        try:
+            labels = tuple(read_labels(path))
+        except LabelsError as error:
+            log.error("%s", error)
+            raise _missing(name, version) from None
         with self._lock:
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
@@ -53,31 +56,22 @@ class LabelStore:
 
     def _locate(self, name: str, version: str) -> Path:
         # Both parts come from Triton's answer, but they also become path components here.
-        if not is_valid_model_name(name) or not version.isdigit():
+        if not is_valid_model_name(name) or not is_version_name(version):
             raise ModelMisconfigured(
                 f"Cannot look up labels for model {name!r} version {version!r}."
             )
         model_dir = self._repository / name
-        for candidate in (model_dir / version / LABEL_FILE, model_dir / LABEL_FILE):
-            if candidate.is_file():
-                return candidate
-        log.error(
-            "no %s for model %s version %s under %s (is GATEWAY_MODEL_REPOSITORY right?)",
-            LABEL_FILE,
-            name,
-            version,
-            os.fspath(model_dir),
-        )
-        raise _missing(name, version)
-
-
-def _read(path: Path, name: str, version: str) -> tuple[str, ...]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        log.error("cannot read %s: %s", path, exc)
-        raise _missing(name, version) from None
-    return tuple(line.strip() for line in text.splitlines())
+        path = labels_path(model_dir, version)
+        if path is None:
+            log.error(
+                "no %s for model %s version %s under %s (is GATEWAY_MODEL_REPOSITORY right?)",
+                LABELS_FILE,
+                name,
+                version,
+                os.fspath(model_dir),
+            )
+            raise _missing(name, version)
+        return path
 
 
 def _missing(name: str, version: str) -> ModelMisconfigured:

@@ -15,9 +15,9 @@ from typing import Any
 
 from flask import Request
 
-from gateway.config import is_valid_model_name
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.images import decode_base64
+from model_contract.files import is_valid_model_name
 
 MAX_TOP_K = 20
 _PARAMETERS = ("model", "version", "top_k")

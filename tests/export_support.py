@@ -1,7 +1,6 @@
-"""Test helpers for the export tests: contract preprocessing with PIL, config parsing, snapshots.
+"""Test helpers for the export tests: config files read with the contract, and snapshots.
 
-Written from docs/model-contract.md independently of export/, so the tests check export's output
-against the contract rather than against export's own code.
+The contract's preprocessing itself is checked against torchvision in test_gateway_preprocess.
 """
 
 from __future__ import annotations
@@ -12,46 +11,26 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from google.protobuf import text_format
 from PIL import Image
-from tritonclient.grpc import model_config_pb2
 
-PIL_RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
+from model_contract import triton_config as contract_config
+from model_contract.preprocessing import Preprocessing
+from model_contract.preprocessing import preprocess as contract_preprocess
 
 
 def parse_config(path: Path) -> Any:
-    """config.pbtxt parsed with Triton's protobuf schema (fails on anything Triton would reject)."""
-    return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    """A config.pbtxt file parsed with Triton's protobuf schema (fails where Triton would)."""
+    return contract_config.parse_config(path.read_text(encoding="utf-8"))
 
 
 def config_parameters(config: Any) -> dict[str, str]:
     """The string parameters of a parsed config."""
-    return {key: value.string_value for key, value in config.parameters.items()}
+    return contract_config.parameters_of(config)
 
 
 def preprocess(image: Image.Image, parameters: dict[str, str]) -> npt.NDArray[np.float32]:
-    """The contract's preprocessing in PIL + numpy: resize, center crop, scale, normalize."""
-    resize = int(parameters["preprocess_resize_size"])
-    crop = int(parameters["preprocess_crop_size"])
-    mean = np.array([float(v) for v in parameters["preprocess_mean"].split(",")], dtype=np.float32)
-    std = np.array([float(v) for v in parameters["preprocess_std"].split(",")], dtype=np.float32)
-    resample = PIL_RESAMPLING[parameters["preprocess_interpolation"]]
-    image = image.convert("RGB")
-    width, height = image.size
-    if width <= height:
-        size = (resize, int(resize * height / width))
-    else:
-        size = (int(resize * width / height), resize)
-    image = image.resize(size, resample=resample)
-    left = round((size[0] - crop) / 2.0)
-    top = round((size[1] - crop) / 2.0)
-    image = image.crop((left, top, left + crop, top + crop))
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return ((pixels - mean) / std).transpose(2, 0, 1).astype(np.float32)
+    """The contract's preprocessing, as its config parameters describe it."""
+    return contract_preprocess(image, Preprocessing.from_parameters(parameters))
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:

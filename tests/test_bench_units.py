@@ -24,9 +24,10 @@ from bench import cli, gateway_metrics, payloads
 from bench.loadgen import HttpTarget, Measurement, measure
 from bench.ort_limit import BatchFigure, OrtLimit
 from bench.report import BenchResults, table, to_json
-from bench.repository import RepositoryError, config_parameters, preprocess_from
+from bench.repository import RepositoryError, preprocess_from
 from bench.seed_server import create_app
 from bench.servers import ServerError, ServerProcess
+from model_contract.triton_config import config_parameters
 
 CONTRACT_CONFIG = """
 name: "m"

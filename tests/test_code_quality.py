@@ -9,7 +9,16 @@ import pytest
 
 from tests.fixtures.models import REPO_ROOT, export_python
 
-TYPED_PACKAGES = ("export", "gateway", "local_triton", "local_stack", "bench", "eval", "tests")
+TYPED_PACKAGES = (
+    "model_contract",
+    "export",
+    "gateway",
+    "local_triton",
+    "local_stack",
+    "bench",
+    "eval",
+    "tests",
+)
 
 
 def _tool(name: str) -> str:

@@ -26,7 +26,18 @@ REPO = Path(__file__).resolve().parent.parent
 GATEWAY_DOCKERFILE = REPO / "deploy" / "gateway.Dockerfile"
 EXPORT_DOCKERFILE = REPO / "deploy" / "export.Dockerfile"
 GATEWAY_REQUIREMENTS = REPO / "gateway" / "requirements.txt"
-FIRST_PARTY = {"export", "gateway", "local_triton", "local_stack", "bench", "eval", "tests"}
+#: The torch-free package every image copies beside its own (docs/architecture.md).
+CONTRACT = "model_contract"
+FIRST_PARTY = {
+    "model_contract",
+    "export",
+    "gateway",
+    "local_triton",
+    "local_stack",
+    "bench",
+    "eval",
+    "tests",
+}
 HEAVY_DISTRIBUTIONS = {
     "torch",
     "torchvision",
@@ -178,11 +189,10 @@ def test_gateway_image_installs_only_the_pinned_requirements(
 
 
 def test_gateway_requirements_cover_every_third_party_import() -> None:
-    """Every non-stdlib module the gateway imports comes from a pinned requirement."""
+    """Every non-stdlib module the gateway image's code imports comes from a pinned requirement."""
     pins = set(pinned_requirements(GATEWAY_REQUIREMENTS))
-    third_party = (
-        imported_top_modules(REPO / "gateway") - set(sys.stdlib_module_names) - {"gateway"}
-    )
+    imported = imported_top_modules(REPO / "gateway") | imported_top_modules(REPO / CONTRACT)
+    third_party = imported - set(sys.stdlib_module_names) - FIRST_PARTY
     providers = metadata.packages_distributions()
     uncovered = {
         module: providers.get(module, ["<not installed>"])
@@ -194,11 +204,16 @@ def test_gateway_requirements_cover_every_third_party_import() -> None:
 
 @pytest.mark.parametrize("package", ["gateway", "export"])
 def test_image_code_imports_no_package_left_out_of_the_image(package: str) -> None:
-    """Each image copies one first-party package; that package imports no other one."""
+    """Each image copies its package and the contract; they import no other first-party one."""
     if not (REPO / package).is_dir():
         pytest.fail(f"{package}/ is missing from the repository")
-    foreign = (imported_top_modules(REPO / package) & FIRST_PARTY) - {package}
+    foreign = (imported_top_modules(REPO / package) & FIRST_PARTY) - {package, CONTRACT}
     assert not foreign, f"{package}/ imports {sorted(foreign)}, which its image does not contain"
+    dockerfile = {"gateway": GATEWAY_DOCKERFILE, "export": EXPORT_DOCKERFILE}[package]
+    copied = {source.rstrip("/") for source in copy_sources(parse_dockerfile(dockerfile))}
+    assert {package, CONTRACT} <= copied, f"{dockerfile.name} copies only {sorted(copied)}"
+    contract_imports = imported_top_modules(REPO / CONTRACT) & FIRST_PARTY - {CONTRACT}
+    assert not contract_imports, f"{CONTRACT}/ imports {sorted(contract_imports)}"
 
 
 def test_gateway_image_runs_gunicorn_with_the_gateway_config(
@@ -305,12 +320,14 @@ def requirement_closure(pins: dict[str, str]) -> set[str]:
 
 
 def test_gateway_app_loads_from_what_the_image_contains(tmp_path: Path) -> None:
-    """gateway.wsgi:app imports from a copy of gateway/ alone, with torch/ONNX/first-party blocked,
-    and every distribution it loads is a pinned requirement or one of their dependencies."""
+    """gateway.wsgi:app imports from copies of gateway/ and the contract alone, with torch/ONNX and
+    other first-party code blocked; every distribution it loads is a pinned requirement or one of
+    their dependencies."""
     app_dir = tmp_path / "app"
-    shutil.copytree(REPO / "gateway", app_dir / "gateway")
+    for package in ("gateway", CONTRACT):
+        shutil.copytree(REPO / package, app_dir / package)
     blocked = {"torch", "torchvision", "onnx", "onnxruntime", "onnxscript"}
-    blocked |= FIRST_PARTY - {"gateway"}
+    blocked |= FIRST_PARTY - {"gateway", CONTRACT}
     environment = {
         "PATH": os.environ.get("PATH", ""),
         "GATEWAY_API_KEYS": "image-probe-key",

@@ -19,11 +19,9 @@ from export.calibration import (
 )
 from export.calibration_defaults import MIN_IMAGES_FOR_SPLIT
 from export.errors import UsageError
-from export.images import preprocess_image
-from export.preprocessing import Preprocessing
 from export.quant_validate import Agreement, QuantPolicy, QuantValidationReport, compare_logits
 from export.quantize import ArrayCalibrationReader
-from tests.export_support import preprocess
+from model_contract.preprocessing import Preprocessing
 
 LITE0 = Preprocessing(256, 224, (0.498, 0.498, 0.498), (0.502, 0.502, 0.502), "bilinear")
 
@@ -108,22 +106,6 @@ def test_a_broken_image_file_is_a_usage_error(tmp_path: Path) -> None:
     (image,) = images_from_folder(tmp_path).images
     with pytest.raises(UsageError, match=r"broken\.jpg"):
         image.preprocessed(LITE0)
-
-
-@pytest.mark.parametrize("photo", [skimage.data.chelsea, skimage.data.camera])
-def test_preprocessing_matches_the_contract(photo: object) -> None:
-    """export's PIL preprocessing equals the tests' independent contract implementation."""
-    image = Image.fromarray(photo())  # type: ignore[operator]
-    parameters = {
-        "preprocess_resize_size": "256",
-        "preprocess_crop_size": "224",
-        "preprocess_mean": "0.498,0.498,0.498",
-        "preprocess_std": "0.502,0.502,0.502",
-        "preprocess_interpolation": "bilinear",
-    }
-    ours = preprocess_image(image, LITE0)
-    assert ours.shape == (3, 224, 224)
-    np.testing.assert_allclose(ours, preprocess(image, parameters), atol=1e-6)
 
 
 def test_calibration_reader_batches_and_rewinds() -> None:

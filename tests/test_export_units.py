@@ -15,14 +15,11 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
-from export.errors import LabelsError, UnknownModelError, UsageError, VersionExistsError
-from export.labels import parse_labels, render_labels
-from export.preprocessing import Preprocessing, from_torchvision_transforms
+from export.errors import UnknownModelError, UsageError, VersionExistsError
 from export.publish import VersionPublisher
 from export.repository import (
     commit_version,
     create_staging_dir,
-    list_versions,
     next_version,
     remove_stale_entries,
     write_text_atomically,
@@ -31,13 +28,16 @@ from export.sources import (
     EFFICIENTNET_LITE0_PREPROCESSING,
     WeightsChoice,
     check_model_name,
+    from_torchvision_transforms,
     imagenet_categories,
 )
-from export.triton_config import (
+from model_contract.labels import LabelsError, parse_labels, render_labels
+from model_contract.preprocessing import Preprocessing
+from model_contract.repository import list_versions
+from model_contract.triton_config import (
     TritonModelConfig,
     config_parameters,
     parse_config,
-    preprocessing_from_parameters,
     render_config,
 )
 from tests.export_support import preprocess
@@ -82,7 +82,7 @@ def test_rendered_config_parses_with_triton_schema_and_round_trips() -> None:
     assert list(parsed.output[0].dims) == [1000]
     assert parsed.output[0].label_filename == "labels.txt"
     parameters = config_parameters(render_config(config))
-    assert preprocessing_from_parameters(parameters) == config.preprocessing
+    assert Preprocessing.from_parameters(parameters) == config.preprocessing
     assert parameters["model_trained"] == "true"
 
 

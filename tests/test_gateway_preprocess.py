@@ -9,10 +9,11 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from gateway.classifier import preprocessing_of
 from gateway.errors import ModelMisconfigured
 from gateway.images import ImageLimits, jpeg_draft, load_rgb
-from gateway.preprocess import (
-    PreprocessSpec,
+from model_contract.preprocessing import Preprocessing as PreprocessSpec
+from model_contract.preprocessing import (
     crop_box,
     preprocess,
     resized_size,
@@ -179,7 +180,7 @@ def test_crop_box_pads_small_images_like_torchvision() -> None:
 
 def test_spec_from_contract_parameters() -> None:
     """The contract's preprocess_* parameters parse into a spec."""
-    spec = PreprocessSpec.from_parameters(
+    spec = preprocessing_of(
         {
             "preprocess_resize_size": "232",
             "preprocess_crop_size": "224",
@@ -220,4 +221,4 @@ def test_bad_parameters_are_a_model_configuration_error(change: dict[str, str | 
         else:
             parameters[key] = value
     with pytest.raises(ModelMisconfigured):
-        PreprocessSpec.from_parameters(parameters, "m")
+        preprocessing_of(parameters, "m")

@@ -18,29 +18,25 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from model_contract.triton_config import (
+    ENABLE_MEM_ARENA,
+    ENABLE_MEM_PATTERN,
+    EXECUTION_MODE,
+    INTER_OP_THREAD_COUNT,
+    INTRA_OP_THREAD_COUNT,
+    LOCAL_BACKEND_PREFIX,
+    LOCAL_SESSION_CONFIG_PREFIX,
+    MEMORY_ARENA_SHRINKAGE,
+    ORT_PARAMETER_KEYS,
+)
+
 #: Environment variables that set the ONNX Runtime thread counts when config.pbtxt does not.
 INTRA_OP_THREADS_ENV = "LOCAL_TRITON_ORT_THREADS"
 INTER_OP_THREADS_ENV = "LOCAL_TRITON_ORT_INTER_OP_THREADS"
 
-# The config.pbtxt parameters NGC 24.10's native onnxruntime backend reads for a CPU instance
-# (triton-inference-server/onnxruntime_backend, src/onnxruntime.cc; docs/model-contract.md has
-# the table with line numbers). It ignores every other key, `session.*` included, so we do too.
-EXECUTION_MODE = "execution_mode"
-INTRA_OP_THREAD_COUNT = "intra_op_thread_count"
-INTER_OP_THREAD_COUNT = "inter_op_thread_count"
-ENABLE_MEM_ARENA = "enable_mem_arena"
-ENABLE_MEM_PATTERN = "enable_mem_pattern"
-MEMORY_ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
-NATIVE_CPU_PARAMETERS: frozenset[str] = frozenset(
-    {
-        EXECUTION_MODE,
-        INTRA_OP_THREAD_COUNT,
-        INTER_OP_THREAD_COUNT,
-        ENABLE_MEM_ARENA,
-        ENABLE_MEM_PATTERN,
-        MEMORY_ARENA_SHRINKAGE,
-    }
-)
+# The CPU parameters NGC 24.10's native backend reads are the contract's ORT_PARAMETER_KEYS;
+# it ignores every other key, `session.*` included, so we do too.
+NATIVE_CPU_PARAMETERS = ORT_PARAMETER_KEYS
 #: Read natively only by GPU instances of the GPU build; this backend runs on CPU and ignores them.
 NATIVE_GPU_PARAMETERS: frozenset[str] = frozenset(
     {
@@ -50,11 +46,6 @@ NATIVE_GPU_PARAMETERS: frozenset[str] = frozenset(
         "do_copy_in_default_stream",
     }
 )
-
-#: Local-only tuning: ``local_backend.session.<entry>`` becomes the ONNX Runtime session config
-#: entry ``session.<entry>`` here; NGC's backend does not know the key and ignores it.
-LOCAL_BACKEND_PREFIX = "local_backend."
-LOCAL_SESSION_CONFIG_PREFIX = LOCAL_BACKEND_PREFIX + "session."
 
 # std::stoi, which the native ParseIntValue calls: C-locale white space, an optional sign, then
 # decimal digits; whatever follows is ignored ("1.5" is 1), no digits at all is an error.

@@ -1,16 +1,21 @@
-"""Class labels: one name a line, line i = class index i (Triton's label_filename format)."""
+"""Class labels: one name a line, line i names class index i (Triton's label_filename format)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.errors import LabelsError
+from model_contract.errors import ContractError
+
+
+class LabelsError(ContractError):
+    """A labels file that cannot be read or has gaps."""
 
 
 def parse_labels(text: str, origin: str) -> list[str]:
     """Split a labels file into names; trailing blank lines are ignored, inner ones are errors."""
-    lines = [line.rstrip("\r").strip() for line in text.split("\n")]
+    # Triton splits label files on "\n" only; "\r" of Windows line ends is stripped with the rest.
+    lines = [line.strip() for line in text.split("\n")]
     while lines and not lines[-1]:
         lines.pop()
     if not lines:
@@ -25,7 +30,7 @@ def parse_labels(text: str, origin: str) -> list[str]:
 
 
 def read_labels(path: Path) -> list[str]:
-    """Read a UTF-8 labels file, with a clear error when it cannot be read."""
+    """Read a UTF-8 labels file, raising LabelsError that says why it cannot be used."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

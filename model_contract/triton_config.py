@@ -1,4 +1,4 @@
-"""config.pbtxt: render it exactly as docs/model-contract.md shows, and parse it back."""
+"""config.pbtxt: rendered as docs/model-contract.md shows, and parsed back (the only parser)."""
 
 from __future__ import annotations
 
@@ -6,53 +6,47 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from export.preprocessing import Preprocessing
+from model_contract.errors import ContractError
+from model_contract.files import LABELS_FILE
+from model_contract.preprocessing import Preprocessing
 
-# The contract's parameter order; readers must not depend on it, but stable text keeps
-# "rewrite only when content changed" meaningful.
-_PREPROCESS_KEYS = (
-    "preprocess_resize_size",
-    "preprocess_crop_size",
-    "preprocess_mean",
-    "preprocess_std",
-    "preprocess_interpolation",
-)
-
-
-# Serving defaults, chosen from measurements on the 2-core reference box (docs/performance.md):
-# one instance whose ONNX Runtime session uses both cores (batch-1 latency stays the 2-thread
-# one), intra-op threads that sleep instead of spinning while they wait (the gateway shares
-# the cores; spinning took CPU from it; local backend only, see LOCAL_ALLOW_SPINNING_KEY), and
-# no batching window: with one instance, requests that arrive while it runs queue up and
-# leave together as the next batch anyway, and ORT on CPU gains little from bigger batches
-# (25.6 img/s at batch 1, 26.3 at 16), while a window is added in full to every request at
-# low load (Triton's queue time: 2.16 ms with a 2 ms window, 0.11 ms without).
+# Serving defaults (docs/performance.md has the measurements behind them): one instance whose
+# session uses both cores, idle intra-op threads that sleep (local backend only), and no
+# batching window, which every request would pay in full at low load on a CPU.
 # `python -m export --max-queue-delay-us` sets one for GPUs.
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_QUEUE_DELAY_US = 0
 DEFAULT_INSTANCE_COUNT = 1
 
-#: ONNX Runtime parameters that NGC 24.10's native onnxruntime backend and our local one both
-#: read, with the same rules (docs/model-contract.md has the table). Export writes no others,
-#: except local-only tunings, whose keys start with LOCAL_SESSION_CONFIG_PREFIX.
+# The ONNX Runtime parameters NGC 24.10's native onnxruntime backend reads for a CPU instance
+# (triton-inference-server/onnxruntime_backend, branch r24.10, src/onnxruntime.cc; the table in
+# docs/model-contract.md has the lines). Our local backend reads exactly these, with the same
+# rules; both ignore every other key. Export writes no others, except local-only tunings.
+EXECUTION_MODE = "execution_mode"
+INTRA_OP_THREAD_COUNT = "intra_op_thread_count"
+INTER_OP_THREAD_COUNT = "inter_op_thread_count"
+ENABLE_MEM_ARENA = "enable_mem_arena"
+ENABLE_MEM_PATTERN = "enable_mem_pattern"
+MEMORY_ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 ORT_PARAMETER_KEYS: frozenset[str] = frozenset(
     {
-        "execution_mode",
-        "intra_op_thread_count",
-        "inter_op_thread_count",
-        "enable_mem_arena",
-        "enable_mem_pattern",
-        "memory.enable_memory_arena_shrinkage",
+        EXECUTION_MODE,
+        INTRA_OP_THREAD_COUNT,
+        INTER_OP_THREAD_COUNT,
+        ENABLE_MEM_ARENA,
+        ENABLE_MEM_PATTERN,
+        MEMORY_ARENA_SHRINKAGE,
     }
 )
-#: `local_backend.session.<entry>`: an ONNX Runtime session config entry `session.<entry>` that
-#: only the local backend applies; NGC's backend ignores the key (no effect in production).
-LOCAL_SESSION_CONFIG_PREFIX = "local_backend.session."
+#: Keys only the local backend reads; NGC's backend does not know them (no effect there).
+LOCAL_BACKEND_PREFIX = "local_backend."
+#: `local_backend.session.<entry>`: the ONNX Runtime session config entry `session.<entry>`.
+LOCAL_SESSION_CONFIG_PREFIX = LOCAL_BACKEND_PREFIX + "session."
 #: Idle intra-op threads sleep instead of spinning (local only: measured on the 2-core box).
 LOCAL_ALLOW_SPINNING_KEY = LOCAL_SESSION_CONFIG_PREFIX + "intra_op.allow_spinning"
 DEFAULT_ORT_PARAMETERS: Mapping[str, str] = {
-    "intra_op_thread_count": "2",
-    "inter_op_thread_count": "1",
+    INTRA_OP_THREAD_COUNT: "2",
+    INTER_OP_THREAD_COUNT: "1",
     LOCAL_ALLOW_SPINNING_KEY: "0",
 }
 
@@ -84,7 +78,7 @@ class TritonModelConfig:
             if key not in ORT_PARAMETER_KEYS and not key.startswith(LOCAL_SESSION_CONFIG_PREFIX)
         )
         if unknown:
-            raise ValueError(
+            raise ContractError(
                 f"ONNX Runtime parameters {unknown} are not read by NGC's onnxruntime backend "
                 f"(known: {sorted(ORT_PARAMETER_KEYS)}; local-only keys start with "
                 f"{LOCAL_SESSION_CONFIG_PREFIX!r})"
@@ -92,30 +86,18 @@ class TritonModelConfig:
 
     def parameters(self) -> dict[str, str]:
         """All string parameters, in the order they are written."""
-        prep = self.preprocessing
-        values = {
-            "preprocess_resize_size": str(prep.resize_size),
-            "preprocess_crop_size": str(prep.crop_size),
-            "preprocess_mean": _floats(prep.mean),
-            "preprocess_std": _floats(prep.std),
-            "preprocess_interpolation": prep.interpolation,
-            "model_trained": "true" if self.trained else "false",
-            "model_source": self.source,
-        }
+        values = self.preprocessing.parameters()
+        values["model_trained"] = "true" if self.trained else "false"
+        values["model_source"] = self.source
         values.update(self.ort_parameters)
         values.update(self.extra_parameters)
         return values
 
 
-def _floats(values: tuple[float, ...]) -> str:
-    """'0.485,0.456,0.406': shortest text that round-trips each float."""
-    return ",".join(repr(float(value)) for value in values)
-
-
 def _quote(text: str) -> str:
     """A protobuf text-format string literal."""
     if any(ord(char) < 0x20 for char in text):
-        raise ValueError(f"control characters are not allowed in config strings: {text!r}")
+        raise ContractError(f"control characters are not allowed in config strings: {text!r}")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -139,7 +121,7 @@ def render_config(config: TritonModelConfig) -> str:
         f"dims: [ {dims} ] }} ]",
         f"output [ {{ name: {_quote(config.output_name)} data_type: TYPE_FP32 "
         f"dims: [ {config.num_classes} ] "
-        'label_filename: "labels.txt" } ]',
+        f"label_filename: {_quote(LABELS_FILE)} }} ]",
     ]
     lines += [
         f"parameters {{ key: {_quote(key).ljust(width)} "
@@ -157,28 +139,11 @@ def parse_config(text: str) -> Any:
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
+def parameters_of(config: Any) -> dict[str, str]:
+    """The string parameters of a parsed config (a ModelConfig message)."""
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
 def config_parameters(text: str) -> dict[str, str]:
-    """The string parameters of a config.pbtxt."""
-    return {key: value.string_value for key, value in parse_config(text).parameters.items()}
-
-
-def preprocessing_from_parameters(parameters: Mapping[str, str]) -> Preprocessing:
-    """Rebuild the Preprocessing from config parameters (KeyError/ValueError when malformed)."""
-    missing = [key for key in _PREPROCESS_KEYS if key not in parameters]
-    if missing:
-        raise KeyError(f"config has no {', '.join(missing)} parameter(s)")
-
-    def triple(key: str) -> tuple[float, float, float]:
-        """Three comma-separated floats."""
-        values = [float(part) for part in parameters[key].split(",")]
-        if len(values) != 3:
-            raise ValueError(f"{key} needs three comma-separated numbers, got {parameters[key]!r}")
-        return (values[0], values[1], values[2])
-
-    return Preprocessing(
-        resize_size=int(parameters["preprocess_resize_size"]),
-        crop_size=int(parameters["preprocess_crop_size"]),
-        mean=triple("preprocess_mean"),
-        std=triple("preprocess_std"),
-        interpolation=parameters["preprocess_interpolation"],
-    )
+    """The string parameters of a config.pbtxt text."""
+    return parameters_of(parse_config(text))
