@@ -29,7 +29,7 @@ from model_contract.preprocessing import Preprocessing, preprocess
 from model_contract.triton_config import config_parameters
 
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "imagenet-samples"
-LIMITS = ImageLimits(max_bytes=10**8, max_pixels=10**8)
+LIMITS = ImageLimits(max_pixels=10**8)
 CHUNK = 50
 
 

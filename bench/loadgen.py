@@ -28,6 +28,18 @@ class LoadError(Exception):
     """The load generator could not run or did not report back in time."""
 
 
+class Requester(Protocol):
+    """One client's connection: send request number `index` and say whether it succeeded."""
+
+    def send(self, index: int) -> bool:
+        """Send one request and read the whole answer; True on success."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
 @dataclass(frozen=True)
 class HttpTarget:
     """POST each body in turn to http://host:port/path with the given headers."""
@@ -35,7 +47,7 @@ class HttpTarget:
     host: str
     port: int
     path: str
-    bodies: tuple[bytes, ...]
+    bodies: Sequence[bytes]
     headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
 
 
@@ -102,18 +114,6 @@ class Measurement:
             "server_breakdown_ms": self.server_breakdown_ms,
             "triton_breakdown_ms": self.triton_breakdown_ms,
         }
-
-
-class Requester(Protocol):
-    """One client's connection: send request number `index` and say whether it succeeded."""
-
-    def send(self, index: int) -> bool:
-        """Send one request and read the whole answer; True on success."""
-        ...
-
-    def close(self) -> None:
-        """Release the connection."""
-        ...
 
 
 class HttpRequester:

@@ -58,14 +58,26 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else 0.0
 
 
-def measure_in_process(
+def measure(
     onnx_path: Path,
     tensors: Tensor,
     batch_sizes: Sequence[int],
     warmup_s: float,
     duration_s: float,
+    *,
+    here: bool = False,
 ) -> OrtLimit:
-    """Measure each batch size for a warm-up then `duration_s` seconds in this process."""
+    """Measure each batch size for a warm-up then `duration_s` seconds.
+
+    The measurement runs in a fresh process, so nothing else in this one competes, unless
+    `here` (which is how that process runs it).
+    """
+    if not here:
+        timeout = len(batch_sizes) * (warmup_s + duration_s) * 3 + EXTRA_TIMEOUT_S
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            args = (onnx_path, tensors, batch_sizes, warmup_s, duration_s)
+            return pool.submit(measure, *args, here=True).result(timeout=timeout)
     import onnxruntime as ort  # imported here: the child process is the one that runs it
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -100,20 +112,3 @@ def measure_in_process(
             )
         )
     return result
-
-
-def measure(
-    onnx_path: Path,
-    tensors: Tensor,
-    batch_sizes: Sequence[int],
-    warmup_s: float,
-    duration_s: float,
-) -> OrtLimit:
-    """Run `measure_in_process` in a fresh process, so nothing else in this one competes."""
-    context = multiprocessing.get_context("spawn")
-    timeout = len(batch_sizes) * (warmup_s + duration_s) * 3 + EXTRA_TIMEOUT_S
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        future = pool.submit(
-            measure_in_process, onnx_path, tensors, batch_sizes, warmup_s, duration_s
-        )
-        return future.result(timeout=timeout)

@@ -39,14 +39,6 @@ class PayloadError(Exception):
 
 
 @dataclass(frozen=True)
-class Photo:
-    """One source photo: a name for caching and reporting, and its encoded bytes."""
-
-    name: str
-    data: bytes
-
-
-@dataclass(frozen=True)
 class PayloadSet:
     """The JPEG payloads every HTTP stage sends, and where they came from."""
 
@@ -73,8 +65,8 @@ def _spread(items: Sequence[Path], count: int) -> list[Path]:
     return [items[int(index * step)] for index in range(count)]
 
 
-def load_photos(images_dir: Path | None, count: int) -> tuple[str, list[Photo]]:
-    """Return (description, photos): from `images_dir`, the shared ImageNet samples, or skimage."""
+def load_photos(images_dir: Path | None, count: int) -> tuple[str, dict[str, bytes]]:
+    """Return (description, photos by file name) from `images_dir`, the shared ones or skimage."""
     folder = images_dir if images_dir is not None else SHARED_SAMPLES
     if images_dir is not None or folder.is_dir():
         if not folder.is_dir():
@@ -85,16 +77,16 @@ def load_photos(images_dir: Path | None, count: int) -> tuple[str, list[Photo]]:
             raise PayloadError(f"{folder} holds no image files ({suffixes})")
         chosen = _spread(files, count)
         try:
-            photos = [Photo(path.stem, path.read_bytes()) for path in chosen]
+            photos = {path.name: path.read_bytes() for path in chosen}
         except OSError as error:
             raise PayloadError(f"cannot read a photo in {folder}: {error}") from None
         return f"{len(photos)} photos from {folder}", photos
     import skimage.data  # imported late: only the fresh-clone fallback needs it
 
-    photos = [
-        Photo(name, _encode_jpeg(Image.fromarray(getattr(skimage.data, name)())))
+    photos = {
+        name: _encode_jpeg(Image.fromarray(getattr(skimage.data, name)()))
         for name in SKIMAGE_PHOTOS[:count]
-    ]
+    }
     return f"{len(photos)} scikit-image photos ({', '.join(SKIMAGE_PHOTOS[:count])})", photos
 
 
@@ -113,13 +105,13 @@ def upscale_to_1080p(data: bytes) -> bytes:
     return _encode_jpeg(scaled.crop((left, top, left + width, top + height)))
 
 
-def _cached_1080p(photo: Photo, cache_dir: Path) -> bytes:
+def _cached_1080p(name: str, data: bytes, cache_dir: Path) -> bytes:
     # Keyed by content too: two folders may hold different photos under the same name.
-    digest = hashlib.sha256(photo.data).hexdigest()[:12]
-    path = cache_dir / f"{photo.name}-{digest}.jpg"
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    path = cache_dir / f"{Path(name).stem}-{digest}.jpg"
     if path.is_file():
         return path.read_bytes()
-    jpeg = upscale_to_1080p(photo.data)
+    jpeg = upscale_to_1080p(data)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_bytes(jpeg)
@@ -135,9 +127,10 @@ def build_payloads(kind: str, images_dir: Path | None, count: int, cache_dir: Pa
     source, photos = load_photos(images_dir, count)
     try:
         if kind == "1080p":
-            jpegs = tuple(_cached_1080p(photo, cache_dir / "1080p") for photo in photos)
+            cache = cache_dir / "1080p"
+            jpegs = tuple(_cached_1080p(name, data, cache) for name, data in photos.items())
         else:
-            jpegs = tuple(photo.data for photo in photos)
+            jpegs = tuple(photos.values())
     except (OSError, UnidentifiedImageError) as error:
         raise PayloadError(f"cannot decode a source photo: {error}") from None
     return PayloadSet(kind, source, jpegs)

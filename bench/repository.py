@@ -32,34 +32,6 @@ class RepositoryError(Exception):
     """The model could not be published or the repository does not hold a usable model."""
 
 
-@dataclass(frozen=True)
-class PublishedModel:
-    """A model version in a Triton repository, with what the baseline needs to rebuild it."""
-
-    repository: Path
-    name: str
-    version: str
-    arch: str
-    preprocess: Preprocessing
-    state_dict: Path | None
-    weights_note: str
-
-    @property
-    def version_dir(self) -> Path:
-        """The version's directory."""
-        return self.repository / self.name / self.version
-
-    @property
-    def onnx_path(self) -> Path:
-        """The published model.onnx."""
-        return self.version_dir / MODEL_FILE
-
-    @property
-    def labels_path(self) -> Path:
-        """The model-level labels.txt."""
-        return self.repository / self.name / LABELS_FILE
-
-
 def preprocess_from(parameters: dict[str, str]) -> Preprocessing:
     """The preprocessing the contract's `preprocess_*` parameters describe, or RepositoryError."""
     try:
@@ -76,6 +48,29 @@ def latest_version(model_dir: Path) -> str:
     if version is None:
         raise RepositoryError(f"{model_dir} has no published version (no numeric directory)")
     return str(version)
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """A model version in a Triton repository, with what the baseline needs to rebuild it."""
+
+    repository: Path
+    name: str
+    version: str
+    arch: str
+    preprocess: Preprocessing
+    state_dict: Path | None
+    weights_note: str
+
+    @property
+    def onnx_path(self) -> Path:
+        """The published model.onnx."""
+        return self.repository / self.name / self.version / MODEL_FILE
+
+    @property
+    def labels_path(self) -> Path:
+        """The model-level labels.txt."""
+        return self.repository / self.name / LABELS_FILE
 
 
 def read_published(

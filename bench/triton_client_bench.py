@@ -8,7 +8,6 @@ assumptions (the contract says clients must read them).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -25,16 +24,8 @@ class TritonBenchError(Exception):
     """Triton's metadata could not be read or does not describe an image classifier."""
 
 
-@dataclass(frozen=True)
-class TensorNames:
-    """The model's first input and first output names, as Triton reports them."""
-
-    input_name: str
-    output_name: str
-
-
-def tensor_names(grpc_url: str, model: str) -> TensorNames:
-    """Ask Triton (gRPC model metadata) for the model's input and output names."""
+def grpc_target(grpc_url: str, model: str, tensors: Tensor) -> GrpcTarget:
+    """The target that sends `tensors` to `model`, named as Triton's gRPC metadata names them."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -48,7 +39,7 @@ def tensor_names(grpc_url: str, model: str) -> TensorNames:
     inputs, outputs = metadata.get("inputs", []), metadata.get("outputs", [])
     if not inputs or not outputs:
         raise TritonBenchError(f"Triton reports no inputs or outputs for {model!r}")
-    return TensorNames(inputs[0]["name"], outputs[0]["name"])
+    return GrpcTarget(grpc_url, model, inputs[0]["name"], outputs[0]["name"], tensors)
 
 
 def run(
@@ -61,13 +52,6 @@ def run(
     progress: Callable[[str], None] = print,
 ) -> list[Measurement]:
     """Measure Triton over gRPC at each concurrency level, in a separate client process."""
-    names = tensor_names(grpc_url, model)
-    target = GrpcTarget(
-        url=grpc_url,
-        model=model,
-        input_name=names.input_name,
-        output_name=names.output_name,
-        tensors=tensors,
-    )
+    target = grpc_target(grpc_url, model, tensors)
     around = with_triton_breakdown(grpc_url, model, progress)
     return sweep(target, levels, warmup_s, duration_s, progress, around)

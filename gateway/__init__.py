@@ -63,7 +63,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         backend,
         LabelStore(settings.model_repository),
         default_model=settings.default_model,
-        limits=ImageLimits(max_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels),
+        limits=ImageLimits(max_pixels=settings.max_pixels),
         cache_ttl_s=settings.model_cache_ttl_s,
         draft_jpeg=settings.jpeg_draft,
     )

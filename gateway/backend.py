@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
-
-FloatArray = npt.NDArray[np.floating[Any]]
+# Re-exported: the seam's tensors are the contract's, for backends and their fakes alike.
+from model_contract.preprocessing import FloatArray as FloatArray
 
 
 @dataclass(frozen=True)

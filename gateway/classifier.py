@@ -12,30 +12,33 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
-from gateway.backend import FloatArray, InferenceBackend, ModelSpec
+from gateway.backend import InferenceBackend, ModelSpec
 from gateway.errors import ModelMisconfigured, UpstreamError
 from gateway.images import ImageLimits, jpeg_draft, load_rgb
 from gateway.labels import LabelStore
 from model_contract.errors import ContractError
-from model_contract.preprocessing import Preprocessing, preprocess
+from model_contract.preprocessing import FloatArray, Preprocessing, preprocess
 
 log = logging.getLogger("gateway.classifier")
+Probabilities = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A model's Triton interface with its parsed preprocessing."""
+    """A model's Triton interface with its parsed preprocessing, cached until ``expires_at``."""
 
     spec: ModelSpec
     preprocessing: Preprocessing
+    expires_at: float  # on the classifier's clock
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """One class: its name and confidence in percent."""
+class Prediction(NamedTuple):
+    """One class: its name and confidence in percent (``_asdict()`` is its JSON object)."""
 
     label: str
     confidence: float
@@ -109,7 +112,7 @@ class Classifier:
         self._ttl_s = cache_ttl_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._models: dict[tuple[str, str], tuple[float, ServedModel]] = {}
+        self._models: dict[tuple[str, str], ServedModel] = {}
         self._known: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -129,13 +132,13 @@ class Classifier:
         key = (name, version or "")
         now = self._clock()
         cached = self._models.get(key)
-        if cached is not None and cached[0] > now and not refresh:
-            return cached[1]
+        if cached is not None and cached.expires_at > now and not refresh:
+            return cached
         spec = self.backend.model_spec(name, version)
-        served = ServedModel(spec, preprocessing_of(spec.parameters, name))
+        served = ServedModel(spec, preprocessing_of(spec.parameters, name), now + self._ttl_s)
         _check_interface(served)
         with self._lock:
-            self._models[key] = (now + self._ttl_s, served)
+            self._models[key] = served
             self._known.add(name)
         return served
 
@@ -231,17 +234,17 @@ def _check_interface(model: ServedModel) -> None:
         )
 
 
-def softmax(logits: FloatArray) -> FloatArray:
+def softmax(logits: FloatArray) -> Probabilities:
     """Numerically stable softmax in float64 (raises UpstreamError on non-finite logits)."""
     values = np.asarray(logits, dtype=np.float64)
     if values.size == 0 or not np.all(np.isfinite(values)):
         raise UpstreamError("The model produced no usable output for this image.")
     exponentials = np.exp(values - values.max())
-    probabilities: FloatArray = exponentials / exponentials.sum()
+    probabilities: Probabilities = exponentials / exponentials.sum()
     return probabilities
 
 
-def top_k_indices(probabilities: FloatArray, k: int) -> list[int]:
+def top_k_indices(probabilities: Probabilities, k: int) -> list[int]:
     """Indices of the ``k`` largest values, largest first (ties: lower index first)."""
     k = min(k, probabilities.size)
     candidates = np.argpartition(-probabilities, k - 1)[:k]

@@ -1,6 +1,6 @@
 """Domain exceptions, the one JSON error helper, and every error handler, registered in one place.
 
-Each exception's docstring names the HTTP status it maps to. Messages are written for
+Each exception's class line names the HTTP status it maps to. Messages are written for
 the caller; they never carry internals (stack traces, upstream debug strings, keys).
 """
 
@@ -16,13 +16,24 @@ log = logging.getLogger("gateway.errors")
 
 
 class GatewayError(Exception):
-    """Base of all expected failures: ``status``, a stable ``code`` and a human ``message``."""
+    """Base of all expected failures: ``status``, a stable ``code`` and a human ``message``.
+
+    A subclass declares its facts in its class line, e.g.
+    ``class Overloaded(GatewayError, status=503, code="overloaded", retry_after_s=1)``.
+    """
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     retry_after_s: int | None = None  # seconds for Retry-After; a class default, or per error
     # Expected in bulk (load shedding): counted in metrics, not logged one by one.
     quiet: ClassVar[bool] = False
+
+    def __init_subclass__(
+        cls, *, status: int, code: str, retry_after_s: int | None = None, quiet: bool = False
+    ) -> None:
+        """Record the subclass's HTTP status, error code, Retry-After default and loudness."""
+        super().__init_subclass__()
+        cls.status, cls.code, cls.retry_after_s, cls.quiet = status, code, retry_after_s, quiet
 
     def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
@@ -31,101 +42,56 @@ class GatewayError(Exception):
             self.retry_after_s = retry_after_s
 
 
-class BadRequest(GatewayError):
-    """400: the request is malformed (body, JSON types, base64, parameter ranges)."""
-
-    status = 400
-    code = "bad_request"
+class BadRequest(GatewayError, status=400, code="bad_request"):
+    """The request is malformed (body, JSON types, base64, parameter ranges)."""
 
 
-class InvalidImage(GatewayError):
-    """400: the bytes claim a supported format but cannot be decoded as an image."""
-
-    status = 400
-    code = "invalid_image"
+class InvalidImage(GatewayError, status=400, code="invalid_image"):
+    """The bytes claim a supported format but cannot be decoded as an image."""
 
 
-class Unauthorized(GatewayError):
-    """401: no API key, or a key that matches none configured."""
-
-    status = 401
-    code = "unauthorized"
+class Unauthorized(GatewayError, status=401, code="unauthorized"):
+    """No API key, or a key that matches none configured."""
 
 
-class ModelNotFound(GatewayError):
-    """404: the model (or the requested version) is not in Triton's repository."""
-
-    status = 404
-    code = "model_not_found"
+class ModelNotFound(GatewayError, status=404, code="model_not_found"):
+    """The model (or the requested version) is not in Triton's repository."""
 
 
-class PayloadTooLarge(GatewayError):
-    """413: the body, the decoded bytes or the image's pixel count exceed the configured limits."""
-
-    status = 413
-    code = "payload_too_large"
+class PayloadTooLarge(GatewayError, status=413, code="payload_too_large"):
+    """The body, the decoded bytes or the image's pixel count exceed the configured limits."""
 
 
-class UnsupportedMediaType(GatewayError):
-    """415: the image is not JPEG, PNG, WebP, GIF or BMP."""
-
-    status = 415
-    code = "unsupported_media_type"
+class UnsupportedMediaType(GatewayError, status=415, code="unsupported_media_type"):
+    """The image is not JPEG, PNG, WebP, GIF or BMP."""
 
 
-class TooManyRequests(GatewayError):
-    """429: this API key used up its rate limit (GATEWAY_RATE_LIMIT); Retry-After says when."""
-
-    status = 429
-    code = "rate_limited"
-    retry_after_s = 1
+class TooManyRequests(GatewayError, status=429, code="rate_limited", retry_after_s=1):
+    """This API key used up its rate limit (GATEWAY_RATE_LIMIT); Retry-After says when."""
 
 
-class Overloaded(GatewayError):
-    """503: this worker's in-flight limit and waiting line are full (GATEWAY_MAX_INFLIGHT)."""
-
-    status = 503
-    code = "overloaded"
-    retry_after_s = 1
-    quiet = True
+class Overloaded(GatewayError, status=503, code="overloaded", retry_after_s=1, quiet=True):
+    """This worker's in-flight limit and waiting line are full (GATEWAY_MAX_INFLIGHT)."""
 
 
-class ModelNotReady(GatewayError):
-    """503: Triton knows the model but it is not ready (loading, unloading, failed)."""
-
-    status = 503
-    code = "model_not_ready"
-    retry_after_s = 5
+class ModelNotReady(GatewayError, status=503, code="model_not_ready", retry_after_s=5):
+    """Triton knows the model but it is not ready (loading, unloading, failed)."""
 
 
-class ModelMisconfigured(GatewayError):
-    """503: the model's config, metadata or label file disagree; logged for the operator."""
-
-    status = 503
-    code = "model_misconfigured"
-    retry_after_s = 30
+class ModelMisconfigured(GatewayError, status=503, code="model_misconfigured", retry_after_s=30):
+    """The model's config, metadata or label file disagree; logged for the operator."""
 
 
-class UpstreamUnavailable(GatewayError):
-    """503: Triton cannot be reached."""
-
-    status = 503
-    code = "upstream_unavailable"
-    retry_after_s = 5
+class UpstreamUnavailable(GatewayError, status=503, code="upstream_unavailable", retry_after_s=5):
+    """Triton cannot be reached."""
 
 
-class UpstreamTimeout(GatewayError):
-    """504: Triton did not answer within the configured timeout."""
-
-    status = 504
-    code = "upstream_timeout"
+class UpstreamTimeout(GatewayError, status=504, code="upstream_timeout"):
+    """Triton did not answer within the configured timeout."""
 
 
-class UpstreamError(GatewayError):
-    """502: Triton answered with an error the gateway cannot attribute to the request."""
-
-    status = 502
-    code = "upstream_error"
+class UpstreamError(GatewayError, status=502, code="upstream_error"):
+    """Triton answered with an error the gateway cannot attribute to the request."""
 
 
 def json_error(

@@ -72,9 +72,8 @@ def jpeg_draft(resize_size: int, factor: int = DRAFT_MIN_FACTOR) -> BeforeLoad:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Bounds applied while decoding: bytes after base64 decoding and pixels in the header."""
+    """Bounds applied while decoding: pixels in the header (bytes are bounded before decoding)."""
 
-    max_bytes: int
     max_pixels: int
 
 

@@ -46,13 +46,13 @@ class GatewayMetrics:
             registry = self._registry
         self.requests = Counter(
             "gateway_requests_total",
-            "HTTP requests answered, by route, status and model.",
+            "HTTP requests answered, by route, method, status code and model (/analyze only).",
             ["route", "method", "status", "model"],
             registry=registry,
         )
         self.request_seconds = Histogram(
             "gateway_request_duration_seconds",
-            "Time to answer a request, by route.",
+            "Seconds from a request reaching the app to its response, by route.",
             ["route"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -87,7 +87,7 @@ class GatewayMetrics:
         )
         self.in_flight = Gauge(
             "gateway_requests_in_flight",
-            "Requests being processed.",
+            "HTTP requests being processed right now (all routes).",
             multiprocess_mode="livesum",
             registry=registry,
         )

@@ -14,7 +14,7 @@ import hmac
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
@@ -43,17 +43,10 @@ def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
 class KeyRateLimiter:
     """Counts each API key's requests in a moving window; raises TooManyRequests (429)."""
 
-    def __init__(
-        self,
-        items: Sequence[RateLimitItem],
-        *,
-        salt: bytes | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, items: Sequence[RateLimitItem]) -> None:
         self._items = tuple(items)
-        self._salt = salt if salt is not None else secrets.token_bytes(32)
+        self._salt = secrets.token_bytes(32)  # per process: fingerprints mean nothing elsewhere
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self._clock = clock
 
     def fingerprint(self, key: str | None) -> str:
         """A salted, truncated HMAC of ``key``: stable in this process, useless elsewhere."""
@@ -68,7 +61,7 @@ class KeyRateLimiter:
         for item in self._items:
             if not self._limiter.hit(item, fingerprint):
                 stats = self._limiter.get_window_stats(item, fingerprint)
-                wait_s = max(1, math.ceil(stats.reset_time - self._clock()))
+                wait_s = max(1, math.ceil(stats.reset_time - time.time()))
                 raise TooManyRequests(
                     f"Rate limit of {item} per API key exceeded; retry in {wait_s} s.",
                     retry_after_s=wait_s,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar, cast
@@ -43,49 +43,59 @@ def services() -> Services:
     return cast(Services, current_app.extensions[EXTENSION])
 
 
-def require_api_key(view: View) -> View:
+def view_guard(
+    gate: Callable[[Services], AbstractContextManager[object]],
+) -> Callable[[View], View]:
+    """Turn ``gate``, a context manager over the app's Services, into a view decorator."""
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with gate(services()):
+                return view(*args, **kwargs)
+
+        return cast(View, wrapper)
+
+    decorate.__doc__ = gate.__doc__  # the decorator is documented by its gate
+    return decorate
+
+
+@view_guard
+@contextmanager
+def require_api_key(svc: Services) -> Iterator[None]:
     """Reject the request with 401 unless it carries a configured API key."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        services().auth.check_request()
-        return view(*args, **kwargs)
-
-    return cast(View, wrapper)
+    svc.auth.check_request()
+    yield
 
 
-def rate_limited(view: View) -> View:
+@view_guard
+@contextmanager
+def rate_limited(svc: Services) -> Iterator[None]:
     """Count the request against its API key's rate limit (429 beyond it), when one is set."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        svc = services()
-        if svc.rate_limiter is not None:
-            try:
-                svc.rate_limiter.hit(presented_key())
-            except TooManyRequests:
-                svc.metrics.rejected.labels("rate_limited").inc()
-                raise
-        return view(*args, **kwargs)
-
-    return cast(View, wrapper)
+    if svc.rate_limiter is not None:
+        with _refusal_counted(svc):
+            svc.rate_limiter.hit(presented_key())
+    yield
 
 
-def admitted(view: View) -> View:
+@view_guard
+@contextmanager
+def admitted(svc: Services) -> Iterator[None]:
     """Run the view only with an admission slot; 503 overloaded when none frees up in time."""
+    with ExitStack() as slot:
+        with _refusal_counted(svc):
+            slot.enter_context(svc.admission.admit())
+        yield
 
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        svc = services()
-        with ExitStack() as slot:
-            try:
-                slot.enter_context(svc.admission.admit())
-            except Overloaded:
-                svc.metrics.rejected.labels("overloaded").inc()
-                raise
-            return view(*args, **kwargs)
 
-    return cast(View, wrapper)
+@contextmanager
+def _refusal_counted(svc: Services) -> Iterator[None]:
+    try:
+        yield
+    except (TooManyRequests, Overloaded) as refusal:
+        # The metric's reasons are the refusals' codes: rate_limited, overloaded.
+        svc.metrics.rejected.labels(refusal.code).inc()
+        raise
 
 
 # Order matters: a request is authenticated first (unknown keys never touch the limiter's
@@ -106,7 +116,7 @@ def analyze() -> Response:
     attempt = svc.classifier.classify(parsed.image, name, parsed.version, parsed.top_k)
     telemetry.report(telemetry.Analysis(name, attempt.version, read + attempt.timings))
     result = attempt.result()
-    predictions = [{"label": p.label, "confidence": p.confidence} for p in result.predictions]
+    predictions = [prediction._asdict() for prediction in result.predictions]
     return jsonify(
         label=predictions[0]["label"],
         confidence=predictions[0]["confidence"],

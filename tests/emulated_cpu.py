@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tests.fixtures.models import REPO_ROOT, export_python
+from tests.fixtures.models import export_python
 
 QEMU = "qemu-x86_64"
 AVX2_ONLY_CPU = "Haswell"
@@ -51,13 +51,9 @@ def onnx_logits(
         qemu = qemu_path()
         assert qemu is not None, f"{QEMU} is missing: run `make system-deps` (Debian qemu-user)"
         command = [qemu, "-cpu", emulate, *command]
+    # Every path is absolute and the script imports only numpy and onnxruntime: no cwd needed.
     result = subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     logits: npt.NDArray[np.float32] = np.load(out_file)

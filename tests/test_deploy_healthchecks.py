@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from local_triton import free_port
+from tests.fixtures.models import published_model
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTHCHECK = REPO / "deploy" / "healthcheck.py"
@@ -151,18 +152,6 @@ def test_compose_triton_healthcheck_fails_without_triton() -> None:
     argv = [dead if arg == COMPOSE_TRITON_READY else arg for arg in compose_triton_healthcheck()]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode != 0
-
-
-def published_model(repository: Path) -> str:
-    """Return the name of a model in the repository that has a published version."""
-    names = sorted(
-        entry.name
-        for entry in repository.iterdir()
-        if (entry / "config.pbtxt").is_file()
-        and any(child.is_dir() and child.name.isdigit() for child in entry.iterdir())
-    )
-    assert names, f"no published model in {repository}"
-    return names[0]
 
 
 @pytest.mark.e2e

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 import signal
 import struct
 import time
@@ -25,7 +24,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.gateway import GatewayProcess, StartGateway
-from tests.fixtures.models import SMALL_MODEL_ARGS, run_export
+from tests.fixtures.models import SMALL_MODEL_ARGS, copy_repository, run_export
 
 pytestmark = pytest.mark.e2e
 skdata = pytest.importorskip("skimage.data")
@@ -222,21 +221,10 @@ def test_metrics_sum_over_both_workers(gateway: GatewayProcess) -> None:
 # -- outages and hot swaps on a private Triton ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def small_repository_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository with mobilenet_v3_small version 1 (untrained), published by the CLI once."""
-    repository = tmp_path_factory.mktemp("small_models") / "model_repository"
-    result = run_export(*SMALL_MODEL_ARGS, "--repository", str(repository), "--quiet")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return repository
-
-
 @pytest.fixture
 def small_repository(small_repository_v1: Path, tmp_path: Path) -> Path:
-    """A private copy of the small repository, for tests that publish or stop things."""
-    copy = tmp_path / "model_repository"
-    shutil.copytree(small_repository_v1, copy)
-    return copy
+    """A private copy of the session's small repository (mobilenet_v3_small v1, untrained)."""
+    return copy_repository(small_repository_v1, tmp_path)
 
 
 def test_triton_outage_gives_503_and_504_then_recovers_without_restart(

@@ -45,7 +45,7 @@ def make_classifier(backend: FakeBackend, repository: Path, clock: Clock) -> Cla
         backend,
         LabelStore(repository),
         default_model="m",
-        limits=ImageLimits(10**6, 10**6),
+        limits=ImageLimits(10**6),
         cache_ttl_s=30,
         clock=clock,
     )

@@ -104,30 +104,31 @@ def test_invalid_values_name_the_variable(name: str, value: str, fragment: str) 
         Settings.from_env({**KEYS, name: value})
 
 
+# A valid value of each setting: the variable, its text, the Settings field, the parsed value.
+OVERRIDES: list[tuple[str, str, str, object]] = [
+    ("GATEWAY_TRITON_URL", "triton:8001", "triton_url", "triton:8001"),
+    ("GATEWAY_DEFAULT_MODEL", "efficientnet_lite0", "default_model", "efficientnet_lite0"),
+    ("GATEWAY_AUTH", "ON", "auth_enabled", True),
+    (
+        "GATEWAY_CORS_ORIGINS",
+        "https://app.example.com, http://localhost:3000/",
+        "cors_origins",
+        ("https://app.example.com", "http://localhost:3000"),
+    ),
+    ("GATEWAY_MAX_BODY_BYTES", "2_000_000", "max_body_bytes", 2_000_000),
+    ("GATEWAY_MAX_PIXELS", "1000", "max_pixels", 1000),
+    ("GATEWAY_TRITON_TIMEOUT_S", "2.5", "triton_timeout_s", 2.5),
+    ("GATEWAY_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("GATEWAY_JPEG_DRAFT", "off", "jpeg_draft", False),
+]
+
+
 def test_valid_overrides_are_parsed() -> None:
-    """Typed values, origins and case-insensitive booleans are read."""
-    settings = Settings.from_env(
-        {
-            **KEYS,
-            "GATEWAY_TRITON_URL": "triton:8001",
-            "GATEWAY_DEFAULT_MODEL": "efficientnet_lite0",
-            "GATEWAY_AUTH": "ON",
-            "GATEWAY_CORS_ORIGINS": "https://app.example.com, http://localhost:3000/",
-            "GATEWAY_MAX_BODY_BYTES": "2_000_000",
-            "GATEWAY_MAX_PIXELS": "1000",
-            "GATEWAY_TRITON_TIMEOUT_S": "2.5",
-            "GATEWAY_LOG_LEVEL": "debug",
-            "GATEWAY_JPEG_DRAFT": "off",
-        }
-    )
-    assert settings.triton_url == "triton:8001"
-    assert settings.default_model == "efficientnet_lite0"
-    assert settings.cors_origins == ("https://app.example.com", "http://localhost:3000")
-    assert settings.max_body_bytes == 2_000_000
-    assert settings.max_pixels == 1000
-    assert settings.triton_timeout_s == 2.5
-    assert settings.log_level == "DEBUG"
-    assert settings.jpeg_draft is False
+    """Typed values, origins and case-insensitive booleans are read, all set at once."""
+    settings = Settings.from_env({**KEYS, **{name: text for name, text, _, _ in OVERRIDES}})
+    for _, _, field, expected in OVERRIDES:
+        value = getattr(settings, field)
+        assert (type(value), value) == (type(expected), expected), field
 
 
 def test_server_settings_share_the_admission_defaults() -> None:

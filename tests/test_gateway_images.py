@@ -24,7 +24,7 @@ from gateway.images import (
 )
 from tests.fakes_gateway import data_url, encode_image
 
-LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=1_000_000)
+LIMITS = ImageLimits(max_pixels=1_000_000)
 PNG = encode_image(np.full((4, 6, 3), 200, np.uint8), "PNG")
 
 
@@ -158,27 +158,27 @@ def test_pixel_bomb_is_rejected_from_the_header_without_decoding(width: int, hei
     """An oversized PNG is rejected by its header: its pixel data is garbage, so decoding it
     would have given invalid_image; a 413 proves nothing was decoded."""
     with pytest.raises(PayloadTooLarge):
-        load_rgb(png_header_only(width, height), ImageLimits(10**6, 40_000_000))
+        load_rgb(png_header_only(width, height), ImageLimits(40_000_000))
 
 
 def test_header_only_png_within_limits_is_invalid() -> None:
     """The same garbage PNG at an allowed size is decoded, and fails as invalid_image."""
     with pytest.raises(InvalidImage):
-        load_rgb(png_header_only(20, 20), ImageLimits(10**6, 40_000_000))
+        load_rgb(png_header_only(20, 20), ImageLimits(40_000_000))
 
 
 def test_pixel_limit_message_names_the_size() -> None:
     """Within Pillow's own bomb limit, the gateway's message gives the image's dimensions."""
     with pytest.raises(PayloadTooLarge, match="7000x7000"):
-        open_image(png_header_only(7000, 7000), ImageLimits(10**6, 40_000_000))
+        open_image(png_header_only(7000, 7000), ImageLimits(40_000_000))
 
 
 def test_pixel_limit_is_inclusive() -> None:
     """An image of exactly max_pixels is accepted; one pixel more is not."""
     data = encode_image(np.zeros((10, 10, 3), np.uint8), "PNG")
-    assert load_rgb(data, ImageLimits(10**6, 100)).size == (10, 10)
+    assert load_rgb(data, ImageLimits(100)).size == (10, 10)
     with pytest.raises(PayloadTooLarge):
-        load_rgb(data, ImageLimits(10**6, 99))
+        load_rgb(data, ImageLimits(99))
 
 
 def test_pillow_decompression_bomb_error_is_a_413(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,7 +186,7 @@ def test_pillow_decompression_bomb_error_is_a_413(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
     data = encode_image(np.zeros((10, 10, 3), np.uint8), "PNG")
     with pytest.raises(PayloadTooLarge):
-        load_rgb(data, ImageLimits(10**6, 10**6))
+        load_rgb(data, ImageLimits(10**6))
 
 
 # -- modes -------------------------------------------------------------------------------------
@@ -281,7 +281,7 @@ def test_before_load_hook_runs_before_decoding() -> None:
     assert seen == [True]
 
 
-BIG_LIMITS = ImageLimits(max_bytes=10**8, max_pixels=10**8)
+BIG_LIMITS = ImageLimits(max_pixels=10**8)
 
 
 def _large_photo(width: int = 1920, height: int = 1080) -> Image.Image:

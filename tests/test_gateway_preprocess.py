@@ -19,7 +19,7 @@ from model_contract.preprocessing import (
     resized_size,
     source_crop_box,
 )
-from tests.fakes_gateway import encode_image
+from tests.fakes_gateway import SMALL_PREPROCESSING, encode_image
 
 skdata = pytest.importorskip("skimage.data")
 torch = pytest.importorskip("torch")
@@ -31,6 +31,14 @@ SPECS = {
     "classic-bicubic": PreprocessSpec(256, 224, *IMAGENET, "bicubic"),
     "nearest-half": PreprocessSpec(160, 128, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "nearest"),
     "crop-larger-than-resize": PreprocessSpec(100, 112, *IMAGENET, "bilinear"),
+}
+
+# resnet50-v2's contract parameters, as its config.pbtxt carries them: the fake backend's
+# ImageNet mean, std and bilinear interpolation, resized to 232 and cropped to 224.
+RESNET50_PARAMETERS = {
+    **SMALL_PREPROCESSING,
+    "preprocess_resize_size": "232",
+    "preprocess_crop_size": "224",
 }
 
 
@@ -74,7 +82,7 @@ def test_tensor_matches_torchvision(photo: str, spec_name: str) -> None:
     """Same (3, crop, crop) float32 tensor as torchvision within 1e-5, on decoded real photos."""
     spec = SPECS[spec_name]
     data = encode_image(PHOTOS[photo], "PNG")
-    ours = preprocess(load_rgb(data, ImageLimits(10**8, 10**8)), spec)
+    ours = preprocess(load_rgb(data, ImageLimits(10**8)), spec)
     reference = torchvision_tensor(Image.open(io.BytesIO(data)).convert("RGB"), spec)
     assert ours.dtype == np.float32
     assert ours.shape == reference.shape == (3, spec.crop_size, spec.crop_size)
@@ -85,7 +93,7 @@ def test_jpeg_photo_matches_torchvision() -> None:
     """The front end sends JPEG: parity holds on a JPEG-decoded photo too."""
     spec = SPECS["resnet50-v2"]
     data = encode_image(PHOTOS["chelsea"], "JPEG", quality=90)
-    ours = preprocess(load_rgb(data, ImageLimits(10**8, 10**8)), spec)
+    ours = preprocess(load_rgb(data, ImageLimits(10**8)), spec)
     reference = torchvision_tensor(Image.open(io.BytesIO(data)).convert("RGB"), spec)
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
 
@@ -105,7 +113,7 @@ def test_large_jpeg_without_draft_matches_torchvision_exactly() -> None:
     """Draft off (no hook): a 1080p JPEG gives torchvision's tensor bit for bit."""
     spec = SPECS["resnet50-v2"]
     data = encode_image(_photo_1080p(), "JPEG", quality=90)
-    ours = preprocess(load_rgb(data, ImageLimits(10**8, 10**8)), spec)
+    ours = preprocess(load_rgb(data, ImageLimits(10**8)), spec)
     reference = torchvision_tensor(Image.open(io.BytesIO(data)).convert("RGB"), spec)
     np.testing.assert_array_equal(ours, reference)
 
@@ -114,8 +122,8 @@ def test_large_jpeg_with_draft_stays_close_to_exact() -> None:
     """Draft on: a 1080p JPEG decoded at 1/2 scale gives nearly the exact tensor."""
     spec = SPECS["resnet50-v2"]
     data = encode_image(_photo_1080p(), "JPEG", quality=90)
-    exact = preprocess(load_rgb(data, ImageLimits(10**8, 10**8)), spec)
-    drafted_image = load_rgb(data, ImageLimits(10**8, 10**8), jpeg_draft(spec.resize_size))
+    exact = preprocess(load_rgb(data, ImageLimits(10**8)), spec)
+    drafted_image = load_rgb(data, ImageLimits(10**8), jpeg_draft(spec.resize_size))
     assert drafted_image.size == (960, 540)
     drafted = preprocess(drafted_image, spec)
     assert drafted.shape == exact.shape
@@ -141,7 +149,7 @@ def test_source_crop_box_maps_the_crop_back_to_source_pixels() -> None:
 def test_resize_crop_only_is_within_one_level_of_exact(photo: str, spec_name: str) -> None:
     """Resizing only the crop's region differs from the full resize by float rounding at most."""
     spec = SPECS[spec_name]
-    image = load_rgb(encode_image(PHOTOS[photo], "PNG"), ImageLimits(10**8, 10**8))
+    image = load_rgb(encode_image(PHOTOS[photo], "PNG"), ImageLimits(10**8))
     exact = preprocess(image, spec)
     fast = preprocess(image, spec, resize_crop_only=True)
     one_level = float(np.max(1 / (255 * np.asarray(spec.std)))) * 1.001
@@ -154,7 +162,7 @@ def test_resize_crop_only_on_1080p_draft_matches_what_it_replaces() -> None:
     """The gateway's draft path (1/2-scale decode + crop-region resize) stays close to exact."""
     spec = SPECS["resnet50-v2"]
     data = encode_image(_photo_1080p(), "JPEG", quality=90)
-    drafted_image = load_rgb(data, ImageLimits(10**8, 10**8), jpeg_draft(spec.resize_size))
+    drafted_image = load_rgb(data, ImageLimits(10**8), jpeg_draft(spec.resize_size))
     full_resize = preprocess(drafted_image, spec)
     fast = preprocess(drafted_image, spec, resize_crop_only=True)
     assert float(np.abs(fast - full_resize).max()) <= 1 / (255 * min(spec.std)) * 1.001
@@ -180,17 +188,7 @@ def test_crop_box_pads_small_images_like_torchvision() -> None:
 
 def test_spec_from_contract_parameters() -> None:
     """The contract's preprocess_* parameters parse into a spec."""
-    spec = preprocessing_of(
-        {
-            "preprocess_resize_size": "232",
-            "preprocess_crop_size": "224",
-            "preprocess_mean": "0.485,0.456,0.406",
-            "preprocess_std": "0.229,0.224,0.225",
-            "preprocess_interpolation": "bilinear",
-            "model_trained": "true",
-        },
-        "resnet50",
-    )
+    spec = preprocessing_of({**RESNET50_PARAMETERS, "model_trained": "true"}, "resnet50")
     assert spec == SPECS["resnet50-v2"]
 
 
@@ -208,13 +206,7 @@ def test_spec_from_contract_parameters() -> None:
 )
 def test_bad_parameters_are_a_model_configuration_error(change: dict[str, str | None]) -> None:
     """Missing or malformed parameters are a clear 503-class error, not a crash."""
-    parameters = {
-        "preprocess_resize_size": "232",
-        "preprocess_crop_size": "224",
-        "preprocess_mean": "0.485,0.456,0.406",
-        "preprocess_std": "0.229,0.224,0.225",
-        "preprocess_interpolation": "bilinear",
-    }
+    parameters: dict[str, str] = dict(RESNET50_PARAMETERS)
     for key, value in change.items():
         if value is None:
             del parameters[key]

@@ -26,6 +26,11 @@ def run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def gunicorn(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``gunicorn -c gateway/gunicorn.conf.py *args`` with a clean gateway environment."""
+    return run([sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", *args], **env)
+
+
 def test_gateway_never_imports_torch() -> None:
     """Importing the WSGI app (what each gunicorn worker does) loads no torch."""
     code = "import sys, gateway.wsgi, gateway.triton; print('torch' in sys.modules)"
@@ -44,28 +49,14 @@ def test_wsgi_refuses_to_start_without_keys_with_a_sentence() -> None:
 
 def test_gunicorn_refuses_to_start_without_keys() -> None:
     """The master validates settings before forking workers."""
-    result = run(
-        [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn.conf.py", "gateway.wsgi:app"],
-        GATEWAY_BIND="127.0.0.1:0",
-    )
+    result = gunicorn("gateway.wsgi:app", GATEWAY_BIND="127.0.0.1:0")
     assert result.returncode != 0
     assert "GATEWAY_API_KEYS" in result.stderr
 
 
 def printed_gunicorn_config(**env: str) -> dict[str, str]:
     """What ``gunicorn --print-config`` reports with gateway/gunicorn.conf.py and ``env``."""
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "gateway/gunicorn.conf.py",
-            "--print-config",
-            "gateway.wsgi:app",
-        ],
-        **env,
-    )
+    result = gunicorn("--print-config", "gateway.wsgi:app", **env)
     assert result.returncode == 0, result.stderr
     return {
         name.strip(): value.strip()
@@ -111,17 +102,6 @@ def test_gunicorn_and_the_app_share_the_admission_defaults() -> None:
 
 def test_gunicorn_rejects_a_bad_worker_count() -> None:
     """A malformed GATEWAY_WORKERS is a clear error."""
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "gateway/gunicorn.conf.py",
-            "--print-config",
-            "x:y",
-        ],
-        GATEWAY_WORKERS="many",
-    )
+    result = gunicorn("--print-config", "x:y", GATEWAY_WORKERS="many")
     assert result.returncode != 0
     assert "GATEWAY_WORKERS" in result.stderr

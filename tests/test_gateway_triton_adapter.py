@@ -10,15 +10,8 @@ import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
+from gateway import errors
 from gateway import triton as adapter
-from gateway.errors import (
-    ModelMisconfigured,
-    ModelNotFound,
-    ModelNotReady,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
 
 
 def triton_error(status: str, message: str) -> InferenceServerException:
@@ -30,26 +23,34 @@ def triton_error(status: str, message: str) -> InferenceServerException:
 @pytest.mark.parametrize(
     ("status", "message", "expected"),
     [
-        ("NOT_FOUND", "Request for unknown model: 'nope' is not found", ModelNotFound),
-        ("NOT_FOUND", "Request for unknown model: 'tiny' version 7 is not found", ModelNotFound),
+        ("NOT_FOUND", "Request for unknown model: 'nope' is not found", errors.ModelNotFound),
+        (
+            "NOT_FOUND",
+            "Request for unknown model: 'tiny' version 7 is not found",
+            errors.ModelNotFound,
+        ),
         (
             "UNAVAILABLE",
             "Request for unknown model: 'tiny' version 1 is not at ready state",
-            ModelNotReady,
+            errors.ModelNotReady,
         ),
-        ("UNAVAILABLE", "Request for unknown model: 'm' has no available versions", ModelNotReady),
+        (
+            "UNAVAILABLE",
+            "Request for unknown model: 'm' has no available versions",
+            errors.ModelNotReady,
+        ),
         (
             "UNAVAILABLE",
             "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
             "Failed to connect to remote host: Connection refused",
-            UpstreamUnavailable,
+            errors.UpstreamUnavailable,
         ),
-        ("UNAVAILABLE", "Socket closed", UpstreamUnavailable),
-        ("CANCELLED", "Cancelled", UpstreamUnavailable),
-        ("DEADLINE_EXCEEDED", "Deadline Exceeded", UpstreamTimeout),
-        ("RESOURCE_EXHAUSTED", "queue full", UpstreamUnavailable),
-        ("INVALID_ARGUMENT", "unexpected shape for input 'input'", UpstreamError),
-        ("INTERNAL", "onnxruntime failed", UpstreamError),
+        ("UNAVAILABLE", "Socket closed", errors.UpstreamUnavailable),
+        ("CANCELLED", "Cancelled", errors.UpstreamUnavailable),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded", errors.UpstreamTimeout),
+        ("RESOURCE_EXHAUSTED", "queue full", errors.UpstreamUnavailable),
+        ("INVALID_ARGUMENT", "unexpected shape for input 'input'", errors.UpstreamError),
+        ("INTERNAL", "onnxruntime failed", errors.UpstreamError),
     ],
 )
 def test_triton_errors_map_to_gateway_errors(status: str, message: str, expected: type) -> None:
@@ -125,13 +126,13 @@ def test_model_with_two_inputs_is_misconfigured() -> None:
     """The gateway sends one image tensor; a second input is a configuration error."""
     metadata = contract_metadata()
     metadata.inputs.add(name="other", datatype="FP32", shape=[-1, 1])
-    with pytest.raises(ModelMisconfigured):
+    with pytest.raises(errors.ModelMisconfigured):
         adapter.spec_from_triton("resnet50", None, metadata, contract_config())
 
 
 def test_model_without_versions_is_not_ready() -> None:
     """No ready version yet (still loading) is a 503, not a crash."""
-    with pytest.raises(ModelNotReady):
+    with pytest.raises(errors.ModelNotReady):
         adapter.spec_from_triton("resnet50", None, contract_metadata(()), contract_config())
 
 
@@ -145,9 +146,9 @@ def closed_port() -> int:
 def test_unreachable_triton_is_upstream_unavailable_over_real_grpc() -> None:
     """A real gRPC call to a dead port fails as UpstreamUnavailable; readiness is False."""
     backend = adapter.TritonBackend(f"127.0.0.1:{closed_port()}", timeout_s=3, ready_timeout_s=1)
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(errors.UpstreamUnavailable):
         backend.model_spec("resnet50", None)
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(errors.UpstreamUnavailable):
         backend.repository_index()
     assert backend.is_ready("resnet50") is False
 
@@ -169,5 +170,5 @@ def test_non_float_model_input_is_misconfigured() -> None:
     metadata = contract_metadata()
     metadata.inputs[0].datatype = "UINT8"
     spec = adapter.spec_from_triton("resnet50", None, metadata, contract_config())
-    with pytest.raises(ModelMisconfigured):
+    with pytest.raises(errors.ModelMisconfigured):
         backend.infer(spec, np.zeros((1, 3, 224, 224), np.float32), None)

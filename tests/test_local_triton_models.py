@@ -11,15 +11,8 @@ import numpy.typing as npt
 import pytest
 
 from local_triton import TritonServer
-from tests.fixtures.triton import (
-    grpc_client,
-    infer_once,
-    metric_value,
-    model_statistics,
-    onnxruntime_reference,
-    scrape_metrics,
-    settled_statistics,
-)
+from tests.fixtures.triton import grpc_client, infer_once, onnxruntime_reference
+from tests.triton_batching_support import Counters, assert_merged
 
 SESSION_MODELS = ["efficientnet_lite0", "resnet50"]
 
@@ -65,8 +58,7 @@ def test_concurrent_requests_on_a_real_model_are_batched_and_counted(
     """Concurrent resnet50 requests: right answers, fewer executions, counted in Prometheus."""
     model, count = "resnet50", 6
     input_name, dims, output_name = io_of(triton_server, model)
-    before_stats = model_statistics(triton_server, model, "1")
-    before = scrape_metrics(triton_server)
+    before = Counters.read(triton_server, model)
     arrays = [random_input(dims, batch=1, seed=200 + i) for i in range(count)]
     clients = [grpc_client(triton_server) for _ in range(count)]
 
@@ -83,20 +75,4 @@ def test_concurrent_requests_on_a_real_model_are_batched_and_counted(
     got = np.concatenate(results)
     assert float(np.max(np.abs(got - expected))) <= 1e-4
 
-    after_stats = settled_statistics(
-        triton_server,
-        model,
-        "1",
-        lambda e: e["inference_count"] >= before_stats["inference_count"] + count,
-    )
-    after = scrape_metrics(triton_server)
-    executions = after_stats["execution_count"] - before_stats["execution_count"]
-    assert after_stats["inference_count"] - before_stats["inference_count"] == count
-    assert 1 <= executions < count, f"{count} requests ran in {executions} executions"
-    labels = {"model": model, "version": "1"}
-    for name, expected_delta in [
-        ("nv_inference_request_success", float(count)),
-        ("nv_inference_exec_count", float(executions)),
-    ]:
-        delta = metric_value(after, name, **labels) - metric_value(before, name, **labels)
-        assert delta == expected_delta, f"{name} grew by {delta}, expected {expected_delta}"
+    assert_merged(triton_server, model, before, requests=count, items=count)

@@ -26,6 +26,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from local_triton import free_port
+from tests.fixtures.models import published_model
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY_CONFIG = REPO / "deploy" / "prometheus.yml"
@@ -38,6 +39,7 @@ HTTP_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 60.0
 SCRAPE_TIMEOUT_S = 60.0
 REQUESTS_SENT = 3
+ANALYZE_TIMEOUT_S = 60.0
 
 pytestmark = pytest.mark.e2e
 
@@ -158,24 +160,22 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def served_model(repository: Path) -> str:
-    """Return the name of a model in the repository that has a published version."""
-    names = sorted(
-        entry.name
-        for entry in repository.iterdir()
-        if (entry / "config.pbtxt").is_file()
-        and any(child.is_dir() and child.name.isdigit() for child in entry.iterdir())
-    )
-    assert names, f"no published model in {repository}"
-    return names[0]
-
-
 def photo_base64(name: str) -> str:
     """Return one of scikit-image's bundled RGB photos (chelsea, coffee...) as base64 JPEG."""
     loader: Callable[[], Any] = getattr(skimage_data, name)
     buffer = io.BytesIO()
     Image.fromarray(loader()).save(buffer, format="JPEG", quality=90)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def analyze(gateway: Any, payload: dict[str, Any]) -> requests.Response:
+    """POST ``payload`` to the gateway's /analyze with its API key."""
+    return requests.post(
+        f"{gateway.url}/analyze",
+        json=payload,
+        headers={"X-API-Key": gateway.api_key},
+        timeout=ANALYZE_TIMEOUT_S,
+    )
 
 
 def value_of(result: list[dict[str, Any]]) -> float:
@@ -187,7 +187,7 @@ def value_of(result: list[dict[str, Any]]) -> float:
 @pytest.fixture
 def gateway(triton_server: Any, model_repository: Path, start_gateway: Any) -> Iterator[Any]:
     """A fresh gateway under gunicorn on the session Triton, so its counters start at zero."""
-    model = served_model(model_repository)
+    model = published_model(model_repository)
     server = start_gateway(triton_server.grpc_url, model_repository, GATEWAY_DEFAULT_MODEL=model)
     try:
         yield server
@@ -210,7 +210,7 @@ def test_prometheus_sees_inference_counters_rise_with_gateway_traffic(
 ) -> None:
     """After real /analyze calls, Prometheus's own API shows Triton's and the gateway's counters
     grown by at least the number of calls."""
-    model = served_model(model_repository)
+    model = published_model(model_repository)
     triton_query = f'sum(nv_inference_request_success{{job="triton", model="{model}"}})'
     gateway_query = (
         f'sum(gateway_requests_total{{job="gateway", route="/analyze", status="200", '
@@ -226,12 +226,7 @@ def test_prometheus_sees_inference_counters_rise_with_gateway_traffic(
 
     payload: dict[str, Any] = {"image": photo_base64("chelsea"), "model": model, "top_k": 3}
     for _ in range(REQUESTS_SENT):
-        response = requests.post(
-            f"{gateway.url}/analyze",
-            json=payload,
-            headers={"X-API-Key": gateway.api_key},
-            timeout=60,
-        )
+        response = analyze(gateway, payload)
         assert response.status_code == 200, response.text
         assert response.json()["model"]["name"] == model
 
@@ -250,14 +245,9 @@ def test_alert_expressions_match_the_real_metric_labels(
 ) -> None:
     """The alert rules load without errors and the label names they group by exist on the
     metrics Triton and the gateway really export."""
-    model = served_model(model_repository)
+    model = published_model(model_repository)
     payload: dict[str, Any] = {"image": photo_base64("coffee"), "model": model}
-    response = requests.post(
-        f"{gateway.url}/analyze",
-        json=payload,
-        headers={"X-API-Key": gateway.api_key},
-        timeout=60,
-    )
+    response = analyze(gateway, payload)
     assert response.status_code == 200, response.text
 
     # The alerts' denominators, exactly as deploy/alerts.yml groups them.

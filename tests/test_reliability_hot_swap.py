@@ -8,7 +8,6 @@ a different --labels file, so a mix-up of versions and labels cannot go unseen.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ import tritonclient.grpc as grpcclient
 
 from local_triton.server import ModelControlMode
 from tests.fixtures.gateway import StartGateway
-from tests.fixtures.models import SMALL_MODEL_ARGS, run_export
+from tests.fixtures.models import SMALL_MODEL_ARGS, copy_repository, run_export
+from tests.reliability_runs_support import patient_gateway
 from tests.reliability_support import (
     LoadRun,
     env_float,
@@ -53,21 +53,12 @@ def test_hot_swap_under_load_fails_nothing_and_never_mixes_labels(
     clients = env_int("RELIABILITY_SWAP_CLIENTS", 8)
     # A pause between a client's requests leaves the 2 cores some room for the export itself.
     think_s = env_float("RELIABILITY_SWAP_THINK_S", 0.1)
-    repository = tmp_path / "model_repository"
-    shutil.copytree(small_repository_v1, repository)
+    repository = copy_repository(small_repository_v1, tmp_path)
     if mode == "poll":
         triton = start_triton(repository, mode="poll", poll_seconds=1)
     else:
         triton = start_triton(repository, mode="explicit", load_models=(MODEL,))
-    gateway = start_gateway(
-        triton.grpc_url,
-        repository,
-        GATEWAY_DEFAULT_MODEL=MODEL,
-        GATEWAY_TRITON_TIMEOUT_S="20",
-        GATEWAY_QUEUE_TIMEOUT_S="20",
-        GATEWAY_THREADS="24",
-        GATEWAY_ACCESS_LOG="off",
-    )
+    gateway = patient_gateway(start_gateway, triton, repository, MODEL)
     labels = {
         "1": set((repository / MODEL / "1" / "labels.txt").read_text().splitlines()),
         "2": set(V2_LABELS),

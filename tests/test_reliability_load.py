@@ -16,9 +16,8 @@ import pytest
 import requests
 
 from tests.fixtures.gateway import GatewayProcess, StartGateway
+from tests.reliability_runs_support import RunSize, ci_and_full, patient_gateway
 from tests.reliability_support import (
-    env_float,
-    env_int,
     percentile,
     photo_payloads,
     report,
@@ -33,20 +32,6 @@ pytestmark = pytest.mark.e2e
 HTTP_TIMEOUT_S = 30.0
 MODEL = "efficientnet_lite0"
 MAX_RSS_GROWTH = 0.10
-
-
-def load_gateway(start_gateway: StartGateway, triton: Any, repository: Path) -> GatewayProcess:
-    """The gateway as deployed (2 workers), EfficientNet-Lite0 by default."""
-    return start_gateway(
-        triton.grpc_url,
-        repository,
-        GATEWAY_DEFAULT_MODEL=MODEL,
-        GATEWAY_TRITON_TIMEOUT_S="20",
-        # Closed-loop clients queue by design here: this is load, not overload.
-        GATEWAY_QUEUE_TIMEOUT_S="20",
-        GATEWAY_THREADS="24",
-        GATEWAY_ACCESS_LOG="off",
-    )
 
 
 def run_load(gateway: GatewayProcess, clients: int, duration_s: float) -> None:
@@ -100,26 +85,11 @@ def run_load(gateway: GatewayProcess, clients: int, duration_s: float) -> None:
     assert growth < MAX_RSS_GROWTH
 
 
-def test_load_ci_form(
-    triton_server: Any, model_repository: Path, start_gateway: StartGateway
+@pytest.mark.parametrize("size", ci_and_full(RunSize(8, 10.0), RunSize(16, 60.0)))
+def test_load_has_no_errors_and_bounded_worker_memory(
+    size: RunSize, triton_server: Any, model_repository: Path, start_gateway: StartGateway
 ) -> None:
-    """8 concurrent clients for 10 s on real photos: 0 errors, worker RSS growth under 10 %."""
-    gateway = load_gateway(start_gateway, triton_server, model_repository)
-    run_load(
-        gateway,
-        env_int("RELIABILITY_LOAD_CLIENTS", 8),
-        env_float("RELIABILITY_LOAD_SECONDS", 10.0),
-    )
-
-
-@pytest.mark.slow
-def test_load_full_form(
-    triton_server: Any, model_repository: Path, start_gateway: StartGateway
-) -> None:
-    """16 concurrent clients for 60 s on real photos: 0 errors, worker RSS growth under 10 %."""
-    gateway = load_gateway(start_gateway, triton_server, model_repository)
-    run_load(
-        gateway,
-        env_int("RELIABILITY_LOAD_CLIENTS", 16),
-        env_float("RELIABILITY_LOAD_SECONDS", 60.0),
-    )
+    """8 clients for 10 s (full: 16 for 60 s) on real photos: 0 errors, RSS growth under 10 %."""
+    # Closed-loop clients queue by design here: this is load, not overload.
+    gateway = patient_gateway(start_gateway, triton_server, model_repository, MODEL)
+    run_load(gateway, *size.from_env("RELIABILITY_LOAD"))

@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from local_triton import TritonServer
 from tests.fixtures.gateway import GatewayProcess, StartGateway
+from tests.reliability_runs_support import RunSize, ci_and_full, suite_gateway
 from tests.reliability_support import (
     SLOW_MODEL,
     LoadRun,
-    env_float,
     env_int,
     median,
     percentile,
@@ -51,16 +51,16 @@ def overload_gateway(
     max_inflight = env_int("RELIABILITY_OVERLOAD_MAX_INFLIGHT", MAX_INFLIGHT)
     # The default (in flight + queue + 4 spare), spelled out: the fixture sets 4.
     threads = env_int("RELIABILITY_OVERLOAD_THREADS", max_inflight + MAX_QUEUE + 4)
-    return start_gateway(
-        triton.grpc_url,
+    return suite_gateway(
+        start_gateway,
+        triton,
         repository,
-        GATEWAY_DEFAULT_MODEL=SLOW_MODEL,
+        SLOW_MODEL,
         GATEWAY_MAX_INFLIGHT=str(max_inflight),
         GATEWAY_MAX_QUEUE=str(MAX_QUEUE),
         GATEWAY_QUEUE_TIMEOUT_S=str(QUEUE_TIMEOUT_S),
         GATEWAY_TRITON_TIMEOUT_S=str(TRITON_TIMEOUT_S),
         GATEWAY_THREADS=str(threads),
-        GATEWAY_ACCESS_LOG="off",
     )
 
 
@@ -141,28 +141,15 @@ def check_overload(
     assert gateway.is_running()
 
 
+@pytest.mark.parametrize("size", ci_and_full(RunSize(48, 8.0), RunSize(200, 30.0)))
 def test_overload_is_shed_with_fast_503_and_retry_after(
+    size: RunSize,
     fast_triton: TritonServer,
     fast_repository: Any,
     start_gateway: StartGateway,
 ) -> None:
-    """Many more clients than capacity: every request answered in time, 200 or 503+Retry-After."""
-    clients = env_int("RELIABILITY_OVERLOAD_CLIENTS", 48)
-    duration_s = env_float("RELIABILITY_OVERLOAD_SECONDS", 8.0)
-    gateway = overload_gateway(start_gateway, fast_triton, fast_repository)
-    run, health = run_overload(gateway, clients, duration_s)
-    check_overload(gateway, run, health, clients, duration_s)
-
-
-@pytest.mark.slow
-def test_overload_full_form(
-    fast_triton: TritonServer,
-    fast_repository: Any,
-    start_gateway: StartGateway,
-) -> None:
-    """Full form: 200 clients for 30 s, the same checks."""
-    clients = env_int("RELIABILITY_OVERLOAD_CLIENTS", 200)
-    duration_s = env_float("RELIABILITY_OVERLOAD_SECONDS", 30.0)
+    """Far more clients than capacity (48 x 8 s; full 200 x 30 s): all answered, 200 or 503."""
+    clients, duration_s = size.from_env("RELIABILITY_OVERLOAD")
     gateway = overload_gateway(start_gateway, fast_triton, fast_repository)
     run, health = run_overload(gateway, clients, duration_s)
     check_overload(gateway, run, health, clients, duration_s)

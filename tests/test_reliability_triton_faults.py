@@ -18,6 +18,7 @@ import requests
 
 from local_triton import TritonServer
 from tests.fixtures.gateway import GatewayProcess, StartGateway
+from tests.reliability_runs_support import suite_gateway
 from tests.reliability_support import (
     FAST_MODEL,
     HUNG_MODEL,
@@ -60,15 +61,14 @@ def fault_gateway(
     start_gateway: StartGateway, triton: TritonServer, repository: Path
 ) -> GatewayProcess:
     """The gateway with a short Triton timeout."""
-    return start_gateway(
-        triton.grpc_url,
+    return suite_gateway(
+        start_gateway,
+        triton,
         repository,
-        GATEWAY_DEFAULT_MODEL=FAST_MODEL,
+        FAST_MODEL,
         GATEWAY_TRITON_TIMEOUT_S=str(TRITON_TIMEOUT_S),
         GATEWAY_QUEUE_TIMEOUT_S=str(QUEUE_TIMEOUT_S),
         GATEWAY_READY_TIMEOUT_S="1",
-        GATEWAY_THREADS="24",
-        GATEWAY_ACCESS_LOG="off",
     )
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from gateway.auth import ApiKeyAuth
 from tests.fixtures.gateway import UNIT_KEYS, MakeApp
@@ -130,6 +132,18 @@ def test_wrong_key_timing_does_not_depend_on_the_matching_prefix() -> None:
     assert 0.75 < ours_ratio < 1.33, ours
 
 
+def preflight(client: FlaskClient, origin: str) -> TestResponse:
+    """The browser's CORS preflight from ``origin`` for a POST /analyze with an API key."""
+    return client.options(
+        "/analyze",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "X-API-Key, Content-Type",
+        },
+    )
+
+
 def test_cors_answers_only_configured_origins(make_gateway_app: MakeApp) -> None:
     """Allowed origin: CORS headers on answers and preflights; other origins: none at all."""
     client = make_gateway_app(GATEWAY_CORS_ORIGINS=ALLOWED_ORIGIN).test_client()
@@ -139,25 +153,11 @@ def test_cors_answers_only_configured_origins(make_gateway_app: MakeApp) -> None
     for origin in ("https://evil.example.com", "https://app.example.com.evil.net", "null"):
         response = client.get("/models", headers={**headers, "Origin": origin})
         assert "Access-Control-Allow-Origin" not in response.headers, origin
-        preflight = client.options(
-            "/analyze",
-            headers={
-                "Origin": origin,
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "X-API-Key, Content-Type",
-            },
-        )
-        assert "Access-Control-Allow-Origin" not in preflight.headers, origin
-    preflight = client.options(
-        "/analyze",
-        headers={
-            "Origin": ALLOWED_ORIGIN,
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "X-API-Key, Content-Type",
-        },
-    )
-    assert preflight.headers.get("Access-Control-Allow-Origin") == ALLOWED_ORIGIN
-    assert "x-api-key" in preflight.headers.get("Access-Control-Allow-Headers", "").lower()
+        assert "Access-Control-Allow-Origin" not in preflight(client, origin).headers, origin
+    allowed_preflight = preflight(client, ALLOWED_ORIGIN)
+    assert allowed_preflight.headers.get("Access-Control-Allow-Origin") == ALLOWED_ORIGIN
+    allowed_headers = allowed_preflight.headers.get("Access-Control-Allow-Headers", "")
+    assert "x-api-key" in allowed_headers.lower()
 
 
 def test_no_cors_headers_without_configured_origins(make_gateway_app: MakeApp) -> None:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from local_triton import TritonServer
 from tests.fixtures.gateway import GatewayProcess, StartGateway
+from tests.reliability_runs_support import ci_and_full, suite_gateway
 from tests.reliability_support import (
     FAST_MODEL,
     env_int,
@@ -337,22 +338,6 @@ ATTACKS = st.one_of(
 # -- the test --------------------------------------------------------------------------------------
 
 
-def hostile_gateway(
-    start_gateway: StartGateway, triton: TritonServer, repository: Any
-) -> GatewayProcess:
-    """The gateway on the fast model, 4 MiB body limit, 16 Mpixel image limit."""
-    return start_gateway(
-        triton.grpc_url,
-        repository,
-        GATEWAY_DEFAULT_MODEL=FAST_MODEL,
-        GATEWAY_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
-        GATEWAY_MAX_PIXELS="16000000",
-        GATEWAY_THREADS="24",
-        GATEWAY_ACCESS_LOG="off",
-        GATEWAY_LOG_LEVEL="WARNING",
-    )
-
-
 def send(gateway: GatewayProcess, session: requests.Session, attack: Attack) -> requests.Response:
     """Send one attack with the valid API key (unless the attack sets its own)."""
     headers = {**gateway.headers, **attack.headers}
@@ -434,22 +419,22 @@ def run_hostile(gateway: GatewayProcess, count: int) -> None:
     assert ok.status_code == 200, ok.text
 
 
+@pytest.mark.parametrize("count", ci_and_full(1000, 5000))
 def test_hostile_requests_get_json_4xx_never_5xx(
+    count: int,
     fast_triton: TritonServer,
     fast_repository: Any,
     start_gateway: StartGateway,
 ) -> None:
-    """1000 generated hostile requests: JSON 4xx (or 200 for a still-decodable image), no 5xx."""
-    gateway = hostile_gateway(start_gateway, fast_triton, fast_repository)
-    run_hostile(gateway, env_int("RELIABILITY_FUZZ_REQUESTS", 1000))
-
-
-@pytest.mark.slow
-def test_hostile_requests_full_form(
-    fast_triton: TritonServer,
-    fast_repository: Any,
-    start_gateway: StartGateway,
-) -> None:
-    """5000 generated hostile requests, same checks."""
-    gateway = hostile_gateway(start_gateway, fast_triton, fast_repository)
-    run_hostile(gateway, env_int("RELIABILITY_FUZZ_REQUESTS", 5000))
+    """1000 (full: 5000) hostile requests: JSON 4xx (or 200 for a decodable image), no 5xx."""
+    # The fast model behind a 4 MiB body limit and a 16 Mpixel image limit.
+    gateway = suite_gateway(
+        start_gateway,
+        fast_triton,
+        fast_repository,
+        FAST_MODEL,
+        GATEWAY_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
+        GATEWAY_MAX_PIXELS="16000000",
+        GATEWAY_LOG_LEVEL="WARNING",
+    )
+    run_hostile(gateway, env_int("RELIABILITY_FUZZ_REQUESTS", count))
