@@ -26,9 +26,9 @@ from bench.loadgen import LoadError
 from bench.payloads import PAYLOAD_KINDS, PayloadError, build_payloads, request_body, tensor_pool
 from bench.report import STAGES, BenchResults, table, to_json, write_chart, write_json
 from bench.repository import PublishedModel, RepositoryError, publish, reuse
-from bench.servers import ServerError
 from bench.triton_client_bench import TritonBenchError
 from export.cpu_features import read_cpu_features
+from local_triton import ProcessError, TritonNotInstalledError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_MODEL = "resnet50"
@@ -207,9 +207,9 @@ def measure(args: argparse.Namespace, model: PublishedModel, run_dir: Path) -> B
             if "gateway" in args.stages:
                 say("[bench] stage gateway: gateway (gunicorn) + Triton over HTTP")
                 api_key = whole_path.new_api_key()
-                with whole_path.gateway(model, triton, api_key, logs) as port:
+                with whole_path.gateway(model, triton, api_key, logs) as gateway:
                     results.gateway = whole_path.measure_http(
-                        port,
+                        gateway.port,
                         bodies,
                         api_key,
                         args.concurrency,
@@ -266,7 +266,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return run(args)
-    except (PayloadError, RepositoryError, ServerError, LoadError, TritonBenchError) as error:
+    # ProcessError: a server did not start or answer (bench.servers.ServerError is one too).
+    except (
+        PayloadError,
+        RepositoryError,
+        ProcessError,
+        TritonNotInstalledError,
+        LoadError,
+        TritonBenchError,
+    ) as error:
         print(f"[bench] error: {error}", file=sys.stderr)
     except (FutureTimeout, BrokenProcessPool) as error:
         print(f"[bench] error: the ONNX Runtime stage failed: {error!r}", file=sys.stderr)

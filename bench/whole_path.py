@@ -14,15 +14,16 @@ import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from bench import gateway_metrics
 from bench.loadgen import HttpTarget, Measurement, sweep
 from bench.repository import PublishedModel
-from bench.servers import ServerError, free_port, running
+from bench.servers import ServerError, running
 from bench.triton_stats import with_triton_breakdown
+from local_stack.gateway_server import GatewayServer
+from local_triton import TritonServer, free_port, serving
 
 HOST = "127.0.0.1"
 TRITON_READY_TIMEOUT_S = 240.0
@@ -31,81 +32,38 @@ SEED_READY_TIMEOUT_S = 180.0
 CHECK_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True)
-class TritonEndpoints:
-    """Where the local Triton listens."""
-
-    http_port: int
-    grpc_port: int
-
-    @property
-    def grpc_url(self) -> str:
-        """host:port of the gRPC endpoint."""
-        return f"{HOST}:{self.grpc_port}"
-
-
-@contextmanager
-def local_triton(model: PublishedModel, log_dir: Path) -> Iterator[TritonEndpoints]:
-    """Run the real Triton (`python -m local_triton`) on the model's repository until exit."""
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "local_triton",
-        "--model-repository",
-        str(model.repository),
-        "--model-control-mode",
-        "poll",
-        "--http-port",
-        str(http_port),
-        "--grpc-port",
-        str(grpc_port),
-        "--metrics-port",
-        str(metrics_port),
-    ]
-    ready = f"http://{HOST}:{http_port}/v2/models/{model.name}/ready"
-    with running(
-        "Triton", command, os.environ, log_dir / "triton.log", ready, TRITON_READY_TIMEOUT_S
-    ):
-        yield TritonEndpoints(http_port, grpc_port)
+def local_triton(model: PublishedModel, log_dir: Path) -> AbstractContextManager[TritonServer]:
+    """Run the real Triton on the model's repository (poll mode), logged to triton.log."""
+    server = TritonServer(
+        model.repository,
+        model_control_mode="poll",
+        # What `python -m local_triton` defaults to, which the bench ran before.
+        poll_seconds=5,
+        exit_timeout_seconds=5,
+        log_file=log_dir / "triton.log",
+    )
+    return serving(server, TRITON_READY_TIMEOUT_S)
 
 
-@contextmanager
 def gateway(
-    model: PublishedModel, triton: TritonEndpoints, api_key: str, log_dir: Path
-) -> Iterator[int]:
-    """Run the gateway under gunicorn (its own gunicorn.conf.py) and yield its port."""
-    port = free_port()
+    model: PublishedModel, triton: TritonServer, api_key: str, log_dir: Path
+) -> AbstractContextManager[GatewayServer]:
+    """Run the gateway under gunicorn (its own gunicorn.conf.py) until /ready answers 200."""
     metrics_dir = log_dir / "gateway-prometheus"
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "GATEWAY_TRITON_URL": triton.grpc_url,
-        "GATEWAY_DEFAULT_MODEL": model.name,
-        "GATEWAY_MODEL_REPOSITORY": str(model.repository),
-        "GATEWAY_API_KEYS": api_key,
-        "GATEWAY_BIND": f"{HOST}:{port}",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "gateway/gunicorn.conf.py",
-        "-b",
-        f"{HOST}:{port}",
-        "gateway.wsgi:app",
-    ]
-    with running(
-        "gateway",
-        command,
-        env,
-        log_dir / "gateway.log",
-        f"http://{HOST}:{port}/ready",
-        GATEWAY_READY_TIMEOUT_S,
-    ):
-        yield port
+    server = GatewayServer(
+        {
+            "GATEWAY_TRITON_URL": triton.grpc_url,
+            "GATEWAY_DEFAULT_MODEL": model.name,
+            "GATEWAY_MODEL_REPOSITORY": str(model.repository),
+            "GATEWAY_API_KEYS": api_key,
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        },
+        host=HOST,
+        log_path=log_dir / "gateway.log",
+        ready_path="/ready",
+    )
+    return serving(server, GATEWAY_READY_TIMEOUT_S)
 
 
 @contextmanager

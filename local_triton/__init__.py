@@ -3,10 +3,14 @@
 from local_triton.backend_directory import ensure_backend_directory
 from local_triton.distribution import TritonDistribution, TritonNotInstalledError, find_distribution
 from local_triton.ports import free_port, free_ports
+from local_triton.process import ManagedProcess, ManagedServer, ProcessError, serving
 from local_triton.server import LocalTriton, TritonPorts, TritonServer, TritonServerError
 
 __all__ = [
     "LocalTriton",
+    "ManagedProcess",
+    "ManagedServer",
+    "ProcessError",
     "TritonDistribution",
     "TritonNotInstalledError",
     "TritonPorts",
@@ -16,4 +20,5 @@ __all__ = [
     "find_distribution",
     "free_port",
     "free_ports",
+    "serving",
 ]

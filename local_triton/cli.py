@@ -84,6 +84,16 @@ def terminal_sink(*, quiet: bool) -> LogSink:
     return WarningsOnly(print_line) if quiet else print_line
 
 
+def announce_ready(server: TritonServer) -> None:
+    """Say on stderr that Triton is ready and where it listens (local_stack says it too)."""
+    print(f"local_triton: ready. {describe(server)}", file=sys.stderr, flush=True)
+
+
+def announce_stopped(status: int | None) -> None:
+    """Say on stderr that Triton stopped, with its exit status."""
+    print(f"local_triton: Triton stopped (exit status {status})", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Start Triton, print where it listens, forward its log, stop it cleanly on SIGINT/SIGTERM."""
     parser = build_parser()
@@ -127,10 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _serve(server, stop_requested, args.ready_timeout)
         finally:
-            status = server.stop()
-            print(
-                f"local_triton: Triton stopped (exit status {status})", file=sys.stderr, flush=True
-            )
+            announce_stopped(server.stop())
     finally:
         for sig, handler in previous.items():
             if handler is not None:  # None: a handler not set from Python, nothing to restore
@@ -146,7 +153,7 @@ def _serve(server: TritonServer, stop_requested: threading.Event, ready_timeout:
             return 0
         print(f"local_triton: {error}", file=sys.stderr)
         return 1
-    print(f"local_triton: ready. {describe(server)}", file=sys.stderr, flush=True)
+    announce_ready(server)
     while not stop_requested.wait(0.5):
         if not server.is_running():
             print(

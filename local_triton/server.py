@@ -5,31 +5,33 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Literal
+from typing import Literal
 
 from local_triton.backend_directory import ensure_backend_directory
 from local_triton.distribution import TritonDistribution, find_distribution
 from local_triton.environment import triton_environment
-from local_triton.lifetime import die_with_parent
 from local_triton.logs import LogPump, LogSink
 from local_triton.ports import LOOPBACK, free_ports
+from local_triton.process import (
+    POLL_INTERVAL_S,
+    ManagedProcess,
+    ManagedServer,
+    ProcessError,
+    http_status,
+)
 
 ModelControlMode = Literal["none", "poll", "explicit"]
 MODEL_CONTROL_MODES: tuple[ModelControlMode, ...] = ("none", "poll", "explicit")
 SHM_DIR = Path("/dev/shm")
-HTTP_TIMEOUT_S = 2.0
+READY_TIMEOUT_S = 120.0
+# How long stop() waits beyond Triton's own --exit-timeout-secs before it kills the group.
+STOP_GRACE_S = 15
 
 
-class TritonServerError(RuntimeError):
+class TritonServerError(ProcessError):
     """Triton could not be started, did not become ready, or exited unexpectedly."""
 
 
@@ -54,8 +56,10 @@ class TritonPorts:
         )
 
 
-class TritonServer:
+class TritonServer(ManagedServer):
     """One tritonserver process on a model repository; start/stop/kill/restart on fixed ports."""
+
+    ready_timeout_s = READY_TIMEOUT_S
 
     def __init__(
         self,
@@ -105,12 +109,9 @@ class TritonServer:
         self.extra_env = dict(extra_env or {})
         self.extra_args = tuple(extra_args)
         self.log_file = Path(log_file) if log_file is not None else None
-        self._log_sink = log_sink
+        self.log_sink = log_sink
         self._cache_root = cache_root
         self._distribution: TritonDistribution | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._pump: LogPump | None = None
-        self._log_handle: IO[str] | None = None
         # Each start gets its own shared-memory prefix, so a killed server's regions can be found.
         self._shm_prefix = ""
 
@@ -174,194 +175,98 @@ class TritonServer:
         """Name prefix of the Python backend's /dev/shm regions for the current run."""
         return self._shm_prefix
 
-    @property
-    def pid(self) -> int | None:
-        """Process id of the running tritonserver, or None."""
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        """Exit status of the last process once it ended (negative: killed by that signal)."""
-        return self._process.poll() if self._process is not None else None
-
-    def is_running(self) -> bool:
-        """True while the tritonserver process is alive."""
-        return self._process is not None and self._process.poll() is None
-
     def start(self) -> TritonServer:
         """Build the backend directory if needed and launch tritonserver (no wait for readiness)."""
         if self.is_running():
             raise TritonServerError(f"Triton is already running (pid {self.pid})")
         backend_directory = ensure_backend_directory(self.distribution, self._cache_root)
         self._shm_prefix = f"local_triton_{os.getpid()}_{secrets.token_hex(4)}"
-        env = triton_environment(self.distribution, extra=self.extra_env)
-        sinks: list[LogSink] = []
-        if self._log_sink is not None:
-            sinks.append(self._log_sink)
-        if self.log_file is not None:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._log_handle = self.log_file.open("a", encoding="utf-8", buffering=1)
-            handle = self._log_handle
-            sinks.append(lambda line: print(line, file=handle))
-        command = self.command(backend_directory)
-        try:
-            self._process = subprocess.Popen(
-                command,
-                env=env,
-                cwd=backend_directory,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                # Own process group: a terminal's Ctrl-C reaches us, and we decide how Triton stops;
-                # kill() can also reach the Python stubs Triton spawned. SIGTERM when we die,
-                # however we die: Triton then shuts down cleanly and frees its ports.
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGTERM),
-            )
-        except OSError as error:
-            self._close_log_file()
-            raise TritonServerError(f"cannot run {command[0]}: {error}") from error
-        assert self._process.stdout is not None
-        self._pump = LogPump(self._process.stdout, sinks)
+        process = ManagedProcess(
+            self.command(backend_directory),
+            name="Triton",
+            cwd=backend_directory,
+            env=triton_environment(self.distribution, extra=self.extra_env),
+            log_path=self.log_file,
+            log_sinks=[self.log_sink] if self.log_sink is not None else [],
+            # SIGTERM to tritonserver alone: it unloads the models and ends its Python stubs
+            # itself; kill() and a stop past the grace period still reach the whole group.
+            terminate_group=False,
+            error_type=TritonServerError,
+        )
+        self._process = process.start()
         return self
 
     def is_ready(self) -> bool:
         """True when /v2/health/ready answers 200 (strict readiness: all loaded models ready)."""
-        return self._http_status("/v2/health/ready") == 200
+        return http_status(self._ready_url) == 200
 
-    def _http_status(self, path: str) -> int | None:
-        """HTTP status of a GET on Triton's HTTP port, None when nothing answers."""
-        try:
-            with urllib.request.urlopen(
-                f"http://{self.http_url}{path}", timeout=HTTP_TIMEOUT_S
-            ) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return int(error.code)
-        except (OSError, urllib.error.URLError):
-            return None
+    @property
+    def _ready_url(self) -> str:
+        """Triton's readiness endpoint."""
+        return f"http://{self.http_url}/v2/health/ready"
 
-    def wait_ready(self, timeout: float = 120.0, poll_interval: float = 0.25) -> None:
+    def wait_ready(
+        self, timeout: float = READY_TIMEOUT_S, poll_interval: float = POLL_INTERVAL_S
+    ) -> None:
         """Block until Triton is ready; TritonServerError (with log tail) on exit or timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.is_running():
-                raise TritonServerError(
-                    f"Triton exited with status {self.returncode} before it was ready:\n"
-                    f"{self.logs(last=40)}"
-                )
-            if self.is_ready():
-                return
-            if time.monotonic() >= deadline:
-                raise TritonServerError(
-                    f"Triton was not ready after {timeout:.0f} s:\n{self.logs(last=40)}"
-                )
-            time.sleep(poll_interval)
+        if self._process is None:
+            raise TritonServerError("Triton was not started")
+        self._process.wait_until_healthy(self._ready_url, timeout, poll_interval)
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, wait exit-timeout + grace (or `timeout`), then SIGKILL; return exit status."""
-        process = self._process
-        if process is None:
+        if self._process is None:
             return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout if timeout is not None else self.exit_timeout_seconds + 15)
-            except subprocess.TimeoutExpired:
-                self._kill_group(process)
-                process.wait(10)
-        self._finish(process)
-        return process.returncode
+        status = self._process.stop(
+            timeout if timeout is not None else self.exit_timeout_seconds + STOP_GRACE_S
+        )
+        self._remove_shared_memory()
+        return status
 
     def kill(self) -> None:
         """SIGKILL tritonserver and its Python stubs at once (a crash, for fault tests)."""
-        process = self._process
-        if process is None:
-            return
-        self._kill_group(process)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(10)
-        self._finish(process)
+        if self._process is not None:
+            self._process.kill()
+            self._remove_shared_memory()
 
-    def restart(self, timeout: float = 120.0) -> None:
+    def restart(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Stop (if running), start again on the same ports and wait until ready."""
         self.stop()
         self.start()
         self.wait_ready(timeout)
 
-    def _kill_group(self, process: subprocess.Popen[bytes], wait_s: float = 5.0) -> None:
-        """SIGKILL the server's process group (Triton and its stubs).
-
-        Once Triton itself has been reaped, wait (bounded) until its stubs are gone as well.
-        """
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                return
-            if process.poll() is None or time.monotonic() >= deadline:
-                return  # Triton still to be reaped by the caller's wait(), or time is up
-            time.sleep(0.05)
-
-    def _finish(self, process: subprocess.Popen[bytes]) -> None:
-        """After the server exited: end stray stubs, drain the log, remove shared memory."""
-        self._kill_group(process)  # stubs normally exit with Triton; this catches any that did not
-        if self._pump is not None:
-            self._pump.join(5)
-        self._close_log_file()
+    def _remove_shared_memory(self) -> None:
+        """After the server exited: remove the Python backend's regions of this run."""
         if self._shm_prefix:
             for region in SHM_DIR.glob(f"{self._shm_prefix}*"):
                 with contextlib.suppress(OSError):
                     region.unlink()
 
-    def _close_log_file(self) -> None:
-        """Close the log file, if one is open."""
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
-
     # -- logs ------------------------------------------------------------------------------------
 
     def logs(self, last: int | None = None) -> str:
         """Triton's output so far (the last `last` lines, if given)."""
-        return self._pump.text(last) if self._pump is not None else ""
+        pump = self._pump()
+        return pump.text(last) if pump is not None else ""
 
     def log_lines(self, after: int = 0) -> list[str]:
         """Buffered log lines from position `after` (see log_mark) on."""
-        return self._pump.lines_after(after) if self._pump is not None else []
+        pump = self._pump()
+        return pump.lines_after(after) if pump is not None else []
 
     def log_mark(self) -> int:
         """A position in the log; pass it to wait_for_log(after=...) to only see later lines."""
-        return self._pump.mark if self._pump is not None else 0
+        pump = self._pump()
+        return pump.mark if pump is not None else 0
 
     def wait_for_log(self, pattern: str, timeout: float, after: int = 0) -> str | None:
         """The first log line at/after `after` matching regex `pattern`, or None after `timeout`."""
-        if self._pump is None:
-            return None
-        return self._pump.wait_for(pattern, timeout, after)
+        pump = self._pump()
+        return pump.wait_for(pattern, timeout, after) if pump is not None else None
 
-    # -- context manager -----------------------------------------------------------------------
-
-    def __enter__(self) -> TritonServer:
-        """Start and wait until ready."""
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
+    def _pump(self) -> LogPump | None:
+        """The line buffer of the current (or last) run."""
+        return self._process.pump if self._process is not None else None
 
 
 def describe(server: TritonServer) -> str:

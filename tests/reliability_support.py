@@ -32,7 +32,7 @@ from PIL import Image
 from local_triton import TritonServer
 from tests.fakes_gateway import data_url
 from tests.fixtures.models import SMALL_MODEL_ARGS, run_export
-from tests.fixtures.triton import serve_until_teardown
+from tests.fixtures.triton import serve_explicit
 
 FAST_MODEL = "fast"
 SLOW_MODEL = "slow"  # sleeps SLOW_MODEL_SLEEP_S per request, one request at a time
@@ -142,13 +142,9 @@ def fast_triton(
     fast_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonServer]:
     """Triton (explicit mode) serving `fast` and `slow` for the session (never killed)."""
-    server = TritonServer(
-        fast_repository,
-        model_control_mode="explicit",
-        load_models=(FAST_MODEL, SLOW_MODEL),
-        log_file=tmp_path_factory.mktemp("triton_log_reliability") / "tritonserver.log",
+    yield from serve_explicit(
+        fast_repository, tmp_path_factory, "reliability", load_models=(FAST_MODEL, SLOW_MODEL)
     )
-    yield from serve_until_teardown(server)
 
 
 @pytest.fixture(scope="session")

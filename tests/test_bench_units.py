@@ -181,7 +181,7 @@ def test_load_generator_counts_successes_and_errors(alternating_server: int) -> 
 
 def test_load_generator_counts_refused_connections_as_errors() -> None:
     """Nobody listening: every request is an error and nothing counts as completed."""
-    from bench.servers import free_port
+    from local_triton import free_port
 
     target = HttpTarget("127.0.0.1", free_port(), "/analyze", bodies=(b"{}",))
     result = measure(target, concurrency=1, warmup_s=0.0, duration_s=0.3)

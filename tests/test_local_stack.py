@@ -25,6 +25,7 @@ from skimage import data as skimage_data
 
 from local_stack import cli as stack_cli
 from local_triton import free_port
+from local_triton.logs import WarningsOnly
 from tests.fixtures.models import REPO_ROOT
 
 UP_TIMEOUT_S = 300.0
@@ -240,11 +241,12 @@ def _stack_args(*argv: str) -> argparse.Namespace:
 def test_triton_is_quiet_unless_verbose(tmp_path: Path) -> None:
     """Triton always logs to the file; the terminal filter is dropped only by --verbose."""
     log_file = tmp_path / "triton.log"
-    quiet = stack_cli.triton_command(_stack_args(), tmp_path, log_file)
-    verbose = stack_cli.triton_command(_stack_args("--verbose"), tmp_path, log_file)
-    for command in (quiet, verbose):
-        assert command[command.index("--log-file") + 1] == str(log_file)
-    assert "--quiet" in quiet and "--quiet" not in verbose
+    quiet = stack_cli.triton_server(_stack_args(), tmp_path, log_file)
+    verbose = stack_cli.triton_server(_stack_args("--verbose"), tmp_path, log_file)
+    for server in (quiet, verbose):
+        assert server.log_file == log_file
+    assert isinstance(quiet.log_sink, WarningsOnly)
+    assert verbose.log_sink is not None and not isinstance(verbose.log_sink, WarningsOnly)
     assert _stack_args().model is None, "no --model means: choose automatically"
 
 

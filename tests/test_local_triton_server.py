@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from tests.fixtures.triton import (
     settled_statistics,
     write_tiny_model,
 )
+from tests.fixtures.triton import group_alive as _group_alive
 
 
 def images(batch: int, seed: int, size: int = TINY_SIZE) -> npt.NDArray[np.float32]:
@@ -202,15 +202,6 @@ def test_invalid_onnx_fails_the_load_with_a_clear_error(
     assert not client.is_model_ready("broken", client_timeout=10)
     client.load_model("tiny", client_timeout=60)
     assert client.is_model_ready("tiny", "1", client_timeout=10)
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while any process of process group `pgid` exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_stop_kill_and_restart_on_the_same_ports(

@@ -15,6 +15,7 @@ import pytest
 
 from local_triton import free_port
 from tests.fixtures.models import REPO_ROOT
+from tests.fixtures.triton import process_alive as _alive
 
 UP_TIMEOUT_S = 240.0
 # Triton drains for --exit-timeout-secs (5 s), gunicorn for its graceful_timeout (30 s) at most.
@@ -42,15 +43,6 @@ def _descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _port_free(port: int) -> bool:
