@@ -20,7 +20,6 @@ import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Protocol, Self, TypeVar
 
 from local_triton.lifetime import die_with_parent
@@ -69,13 +68,8 @@ class _StopsOnExit(ABC):
     def stop(self) -> int | None:
         """Stop; return the exit status (None: never started)."""
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop."""
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop, whether the block ended normally or by an exception (which propagates)."""
         self.stop()
 
 

@@ -6,11 +6,12 @@ import ast
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.models import REPO_ROOT
+from tests.fixtures.models import PRODUCT_PACKAGES, REPO_ROOT
 
 #: Each product package and the first-party packages it may import (docs/architecture.md).
 ALLOWED_IMPORTS: dict[str, set[str]] = {
@@ -45,6 +46,14 @@ def _imported_packages(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     return imported & set(ALLOWED_IMPORTS)
+
+
+def test_the_layering_covers_every_package() -> None:
+    """Every first-party package is in the layering, and pyproject installs exactly those."""
+    assert set(ALLOWED_IMPORTS) == set(PRODUCT_PACKAGES)
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    included = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(included) == sorted(f"{package}*" for package in PRODUCT_PACKAGES)
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED_IMPORTS))

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.models import REPO_ROOT, export_python
+from tests.fixtures.models import PRODUCT_PACKAGES, REPO_ROOT, export_python
 
-TYPED_PACKAGES = (
-    "model_contract",
-    "export",
-    "gateway",
-    "local_triton",
-    "local_stack",
-    "bench",
-    "eval",
-    "tests",
-)
+TYPED_PACKAGES = (*PRODUCT_PACKAGES, "tests")
 
 
 def _tool(name: str) -> str:

@@ -22,22 +22,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.models import PRODUCT_PACKAGES
+
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY_DOCKERFILE = REPO / "deploy" / "gateway.Dockerfile"
 EXPORT_DOCKERFILE = REPO / "deploy" / "export.Dockerfile"
 GATEWAY_REQUIREMENTS = REPO / "gateway" / "requirements.txt"
 #: The torch-free package every image copies beside its own (docs/architecture.md).
 CONTRACT = "model_contract"
-FIRST_PARTY = {
-    "model_contract",
-    "export",
-    "gateway",
-    "local_triton",
-    "local_stack",
-    "bench",
-    "eval",
-    "tests",
-}
+FIRST_PARTY = {*PRODUCT_PACKAGES, "tests"}
 HEAVY_DISTRIBUTIONS = {
     "torch",
     "torchvision",
