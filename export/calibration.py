@@ -7,7 +7,7 @@ names the same class, only mean something on images like those the model will se
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,9 +207,3 @@ def split_images(
 def preprocess_all(images: Sequence[SampleImage], preprocessing: Preprocessing) -> FloatArray:
     """All photos as one [N, C, H, W] batch."""
     return stack([image.preprocessed(preprocessing) for image in images])
-
-
-def batches(array: FloatArray, batch_size: int) -> Iterator[FloatArray]:
-    """Consecutive slices of at most batch_size along the batch axis."""
-    for start in range(0, len(array), batch_size):
-        yield array[start : start + batch_size]

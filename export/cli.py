@@ -7,12 +7,13 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import fields
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from export.calibration_defaults import (
+    CALIBRATION_METHOD_NAMES,
     DEFAULT_CALIBRATION_COUNT,
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_MIN_SPEEDUP,
@@ -23,7 +24,7 @@ from export.errors import EXIT_INTERRUPTED, EXIT_OK, ExportError, UsageError
 from model_contract.triton_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
 
 if TYPE_CHECKING:
-    from export.pipeline import ExportResult
+    from export.pipeline import ExportOptions, ExportResult
     from export.quant_step import QuantizeOptions
 
 DESCRIPTION = """\
@@ -217,7 +218,7 @@ def _add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     )
     quant.add_argument(
         "--calibration-method",
-        choices=["minmax", "entropy", "percentile"],
+        choices=CALIBRATION_METHOD_NAMES,
         help="how activation ranges are chosen (default: minmax; entropy and percentile are "
         "several times slower and were no better on EfficientNet-Lite0)",
     )
@@ -253,33 +254,41 @@ QUANTIZE_ONLY_FLAGS = (
 def quantize_options(args: argparse.Namespace) -> QuantizeOptions | None:
     """The QuantizeOptions the flags ask for (None without --quantize); UsageError if misused."""
     if args.quantize is None:
-        given = [name for name in QUANTIZE_ONLY_FLAGS if getattr(args, name) is not None]
+        given = _given(args, *QUANTIZE_ONLY_FLAGS)
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UsageError(f"{flags} only apply with --quantize int8")
         return None
-    use_skimage = args.calibration_images == SKIMAGE_PHOTOS_CHOICE
-    folder = None if use_skimage or not args.calibration_images else Path(args.calibration_images)
-    if folder is not None and not folder.is_dir():
-        raise UsageError(f"--calibration-images {folder} is not a directory")
-    # Checked before the heavy imports below, so a wrong flag fails in a fraction of a second.
+    # Checked before the heavy imports below, so a misplaced flag fails in a fraction of a second.
     from export.quant_step import QuantizeOptions
     from export.quant_validate import QuantPolicy
     from export.quantize import QuantizeSettings
 
-    settings = QuantizeSettings()
-    if args.calibration_method is not None:
-        settings = replace(settings, method=args.calibration_method)
-    min_agreement = DEFAULT_MIN_AGREEMENT if args.min_agreement is None else args.min_agreement
-    min_speedup = DEFAULT_MIN_SPEEDUP if args.min_speedup is None else args.min_speedup
+    use_skimage = args.calibration_images == SKIMAGE_PHOTOS_CHOICE
+    folder = None if use_skimage or not args.calibration_images else Path(args.calibration_images)
+    method = args.calibration_method
+    # Flags left out keep the dataclasses' defaults (the DEFAULT_* values the help names).
     return QuantizeOptions(
         calibration_images=folder,
         use_skimage_photos=use_skimage,
-        calibration_count=args.calibration_count or DEFAULT_CALIBRATION_COUNT,
-        validation_count=args.validation_count or DEFAULT_VALIDATION_COUNT,
-        policy=QuantPolicy(min_agreement=min_agreement, min_speedup=min_speedup),
-        settings=settings,
+        policy=QuantPolicy(**_given(args, "min_agreement", "min_speedup")),
+        settings=QuantizeSettings() if method is None else QuantizeSettings(method=method),
+        **_given(args, "calibration_count", "validation_count"),
     )
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The flags among `names` that were given, by name (argparse leaves the others None)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def export_options(args: argparse.Namespace, quantize: QuantizeOptions | None) -> ExportOptions:
+    """The ExportOptions of the parsed flags: every option but `quantize` is the flag's dest."""
+    from export.pipeline import ExportOptions
+
+    flags = vars(args)
+    named = {item.name: flags[item.name] for item in fields(ExportOptions) if item.name in flags}
+    return ExportOptions(**{**named, "quantize": quantize})
 
 
 def format_summary(result: ExportResult) -> str:
@@ -348,28 +357,18 @@ def _run(args: argparse.Namespace) -> int:
     try:
         quantize = quantize_options(args)
         # Heavy imports (torch, onnx) only after the cheap checks, so --help and typos are instant.
-        from export.pipeline import ExportOptions, export_and_publish
+        from export.pipeline import export_and_publish
         from export.progress import Progress
 
         if args.list_models:
-            from export.sources import available_models
+            from export.architectures import available_models
 
             print("\n".join(available_models()))
             return EXIT_OK
-        options = ExportOptions(
-            model=args.model,
-            weights=args.weights,
-            labels=args.labels,
-            repository=args.repository,
-            name=args.name,
-            version=args.version,
-            max_batch_size=args.max_batch_size,
-            max_queue_delay_us=args.max_queue_delay_us,
-            force=args.force,
-            offline=args.offline,
-            quantize=quantize,
+        # export_and_publish checks the options (check_options) before any heavy work.
+        result = export_and_publish(
+            export_options(args, quantize), Progress(enabled=not args.quiet)
         )
-        result = export_and_publish(options, Progress(enabled=not args.quiet))
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         print("nothing was published.", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,3 +25,9 @@ def load_image(path: Path) -> Image.Image:
 def stack(arrays: Sequence[FloatArray]) -> FloatArray:
     """A batch [N, C, H, W] from CHW arrays."""
     return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+
+
+def batches(array: FloatArray, batch_size: int) -> Iterator[FloatArray]:
+    """Consecutive slices of at most batch_size along the batch axis."""
+    for start in range(0, len(array), batch_size):
+        yield array[start : start + batch_size]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ import onnx
 import torch
 from torch import nn
 
+from export.digest import sha256_of
 from export.errors import ConversionError
 
 OPSET = 17
@@ -95,16 +95,12 @@ def inspect_onnx(path: Path) -> OnnxInfo:
         first_dim = value.type.tensor_type.shape.dim[0]
         if not first_dim.dim_param or first_dim.HasField("dim_value"):
             raise ConversionError(f"{path}: the batch axis of {value.name!r} is not dynamic")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
     return OnnxInfo(
         path=path,
         opset=opset,
         ir_version=int(model.ir_version),
         size_bytes=path.stat().st_size,
-        sha256=digest.hexdigest(),
+        sha256=sha256_of(path),
         input_name=graph_input.name,
         output_name=graph_output.name,
     )

@@ -1,6 +1,8 @@
 """export_and_publish: resolve the model, export ONNX into staging, validate, publish atomically.
 
-Steps (each a separate module): sources -> onnx_export -> validate -> triton_config/publish.
+Steps (each a separate module): sources -> onnx_export -> validate -> publish (config.pbtxt from
+model_contract.triton_config). check_options is the one place the options are checked: the CLI
+and the Python API both reach it through export_and_publish, before any heavy work.
 With `--quantize int8` the validated fp32 model is written to a scratch directory instead, and
 quant_step turns it into the staged int8 model.onnx (calibrated, validated against fp32).
 """
@@ -13,7 +15,9 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from export.errors import UsageError, VersionExistsError
+from export.architectures import DEFAULT_MODEL, check_architecture
+from export.errors import UsageError
+from export.model_labels import IMAGENET_CLASSES
 from export.onnx_export import OnnxInfo, export_onnx, inspect_onnx
 from export.progress import Progress
 from export.publish import VersionPublisher
@@ -24,17 +28,10 @@ from export.quant_step import (
     quantize_and_validate,
 )
 from export.quantize import QUANTIZATION_TAG
-from export.repository import check_model_name, check_repository_usable
-from export.sources import (
-    DEFAULT_MODEL,
-    ResolvedModel,
-    WeightsChoice,
-    resolve_model,
-)
-from export.sources import (
-    check_model_name as check_architecture,
-)
+from export.repository import check_model_name, check_repository_usable, check_version_free
+from export.sources import ResolvedModel, WeightsChoice, resolve_model
 from export.validate import ParityPolicy, ValidationReport, validate
+from model_contract.files import CONFIG_FILE
 from model_contract.labels import render_labels
 from model_contract.preprocessing import Preprocessing
 from model_contract.triton_config import (
@@ -95,7 +92,7 @@ class ExportResult:
 
 
 def check_options(options: ExportOptions) -> None:
-    """Cheap checks of the options before any heavy work."""
+    """Every check of the options, before any heavy work (UsageError and its kinds: exit 2)."""
     check_architecture(options.model)
     check_model_name(options.model_name)
     if options.max_batch_size < 1:
@@ -109,13 +106,7 @@ def check_options(options: ExportOptions) -> None:
     check_repository_usable(options.repository)
     if options.quantize is not None:
         check_quantize_options(options.quantize)
-    version_dir = options.repository / options.model_name / str(options.version)
-    if options.version is not None and version_dir.exists() and not options.force:
-        raise VersionExistsError(
-            f"version {options.version} of {options.model_name} already exists in "
-            f"{options.repository}; "
-            "use --force to replace it, or omit --version to publish the next one"
-        )
+    check_version_free(options.repository / options.model_name, options.version, options.force)
 
 
 def export_and_publish(options: ExportOptions, progress: Progress | None = None) -> ExportResult:
@@ -166,7 +157,7 @@ def export_and_publish(options: ExportOptions, progress: Progress | None = None)
         size_bytes=model_path.stat().st_size,
         onnx=onnx_info,
         validation=report,
-        config_path=published.model_dir / "config.pbtxt",
+        config_path=published.model_dir / CONFIG_FILE,
         config_changed=published.config_changed,
         labels_changed=published.labels_changed,
         trained=resolved.trained,
@@ -194,7 +185,7 @@ def _quantize_options_for(
     quantize: QuantizeOptions, options: ExportOptions, resolved: ResolvedModel
 ) -> QuantizeOptions:
     """Labelled accuracy only makes sense for ImageNet's 1000 classes in ImageNet's order."""
-    imagenet_classes = options.labels is None and resolved.num_classes == 1000
+    imagenet_classes = options.labels is None and resolved.num_classes == IMAGENET_CLASSES
     return replace(quantize, use_labels=quantize.use_labels and imagenet_classes)
 
 

@@ -7,13 +7,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from export.errors import RepositoryError, UsageError, VersionExistsError
 from export.progress import Progress
 from export.repository import (
     check_model_name,
+    check_version_free,
     commit_version,
     create_staging_dir,
     ensure_repository,
@@ -22,11 +22,7 @@ from export.repository import (
     remove_stale_entries,
     write_text_atomically,
 )
-
-MODEL_FILENAME = "model.onnx"
-LABELS_FILENAME = "labels.txt"
-CONFIG_FILENAME = "config.pbtxt"
-METADATA_FILENAME = "export.json"
+from model_contract.files import CONFIG_FILE, LABELS_FILE, MODEL_FILE, PROVENANCE_FILE
 
 _AUTO_VERSION_ATTEMPTS = 3
 
@@ -86,7 +82,7 @@ class VersionPublisher:
     @property
     def onnx_path(self) -> Path:
         """Where the exporter must write model.onnx."""
-        return self.staging_dir / MODEL_FILENAME
+        return self.staging_dir / MODEL_FILE
 
     def __enter__(self) -> VersionPublisher:
         """Check the repository, clear stale staging left by killed runs, create our staging dir."""
@@ -106,15 +102,12 @@ class VersionPublisher:
                 ) from None
         for stale in remove_stale_entries(self.model_dir):
             self._progress.info(f"Removed stale {stale.name} left by an interrupted run")
-        version = self.requested_version
-        if version is not None and (self.model_dir / str(version)).exists() and not self.force:
-            self._discard()
-            raise VersionExistsError(
-                f"version {version} of {self.name} already exists in {self.repository}; "
-                "use --force to replace it, or omit --version to publish the next one"
-            )
         try:
+            check_version_free(self.model_dir, self.requested_version, self.force)
             self._staging = create_staging_dir(self.model_dir)
+        except VersionExistsError:
+            self._discard()
+            raise
         except OSError as exc:
             self._discard()
             raise RepositoryError(
@@ -127,13 +120,13 @@ class VersionPublisher:
     ) -> PublishedVersion:
         """Finish staging, update labels/config (if changed), rename the version into place."""
         staging = self.staging_dir
-        (staging / LABELS_FILENAME).write_text(labels_text, encoding="utf-8")
-        labels_changed = self._write_model_level(LABELS_FILENAME, labels_text)
-        config_changed = self._write_model_level(CONFIG_FILENAME, config_text)
+        (staging / LABELS_FILE).write_text(labels_text, encoding="utf-8")
+        labels_changed = self._write_model_level(LABELS_FILE, labels_text)
+        config_changed = self._write_model_level(CONFIG_FILE, config_text)
         for attempt in range(_AUTO_VERSION_ATTEMPTS):
             version = self.requested_version or next_version(self.model_dir)
             record = {"name": self.name, "version": version, **metadata}
-            (staging / METADATA_FILENAME).write_text(
+            (staging / PROVENANCE_FILE).write_text(
                 json.dumps(record, indent=2) + "\n", encoding="utf-8"
             )
             fsync_tree(staging)
@@ -157,12 +150,7 @@ class VersionPublisher:
             self._model_level_written.append(path)
         return changed
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         """Without a commit (error, KeyboardInterrupt), leave the repository as it was."""
         if not self._committed:
             self._discard()

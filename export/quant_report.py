@@ -20,15 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from export.architectures import EFFICIENTNET_LITE0
 from export.calibration import DEFAULT_FOLDER, images_from_folder, preprocess_all, split_images
-from export.calibration_defaults import DEFAULT_CALIBRATION_COUNT
+from export.calibration_defaults import CALIBRATION_METHOD_NAMES, DEFAULT_CALIBRATION_COUNT
 from export.cpu_features import read_cpu_features
 from export.errors import EXIT_INTERRUPTED, EXIT_OK, ExportError, UsageError
 from export.onnx_export import export_onnx
 from export.progress import Progress
 from export.quant_validate import Agreement, compare_logits, logits
 from export.quantize import QuantizeSettings, quantize_int8
-from export.sources import EFFICIENTNET_LITE0, WeightsChoice, resolve_model
+from export.sources import WeightsChoice, resolve_model
 from export.throughput import Throughput, measure_interleaved
 
 TARGET_SPEEDUP = 1.5
@@ -58,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="photos calibrated on, picked as export picks them (the rest is held out)",
     )
-    parser.add_argument(
-        "--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax"
-    )
+    parser.add_argument("--calibration-method", choices=CALIBRATION_METHOD_NAMES, default="minmax")
     parser.add_argument(
         "--activations", choices=["uint8", "int8"], default="uint8", help="activation type"
     )
@@ -137,7 +136,7 @@ def measure(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     if any(image.label is None for image in image_set.images):
         raise UsageError(f"{args.images} needs an index.csv (file,class_index) for every photo")
     labels = np.array([image.label for image in image_set.images], dtype=np.int64)
-    resolved = resolve_model(args.model, WeightsChoice.parse("imagenet"), None, True, progress)
+    resolved = resolve_model(args.model, WeightsChoice("imagenet"), offline=True, progress=progress)
     split = split_images(image_set.images, args.calibration_count, len(image_set.images))
     calibration_names = {image.name for image in split.calibration}
     held_out = np.array([image.name not in calibration_names for image in image_set.images])

@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from export.calibration import SampleImage, resolve_image_set, split_image_set
+from export.calibration import SampleImage, preprocess_all, resolve_image_set, split_image_set
 from export.calibration_defaults import DEFAULT_CALIBRATION_COUNT, DEFAULT_VALIDATION_COUNT
 from export.cpu_features import CpuFeatures, read_cpu_features
 from export.errors import ConversionError, UsageError, ValidationFailedError
-from export.images import stack
 from export.progress import Progress
 from export.quant_validate import QuantPolicy, QuantValidationReport, validate_quantized
 from export.quantize import (
@@ -155,8 +154,8 @@ def quantize_and_validate(
     split = split_image_set(image_set, options.calibration_count, options.validation_count)
     progress.info(f"Calibration photos: {split.describe()}, from {image_set.origin}")
     with progress.step("Preprocessing the calibration and validation photos"):
-        calibration = stack([image.preprocessed(preprocessing) for image in split.calibration])
-        validation = stack([image.preprocessed(preprocessing) for image in split.validation])
+        calibration = preprocess_all(split.calibration, preprocessing)
+        validation = preprocess_all(split.validation, preprocessing)
     with progress.step(
         f"Quantizing to int8 (QDQ, per-channel, {options.settings.method} calibration)"
     ):

@@ -15,8 +15,9 @@ import numpy.typing as npt
 
 from export.calibration_defaults import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_SPEEDUP
 from export.errors import ValidationFailedError
+from export.images import batches
 from export.throughput import cpu_session
-from export.validate import run_checker
+from export.validate import checker_line, checker_status, run_checker
 from model_contract.preprocessing import FloatArray
 
 INFERENCE_BATCH = 16
@@ -71,10 +72,7 @@ class QuantValidationReport:
 
     def lines(self) -> list[str]:
         """The short printed report."""
-        rows = [
-            "onnx.checker.check_model(full_check=True) on the int8 model: "
-            f"{'passed' if self.checker_passed else 'FAILED'}"
-        ]
+        rows = [checker_line(self.checker_passed, " on the int8 model")]
         if self.agreement is not None:
             found = self.agreement
             which = "held-out" if self.held_out else "calibration-set (too few to hold out)"
@@ -94,7 +92,7 @@ class QuantValidationReport:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (used in export.json)."""
         return {
-            "checker": "passed" if self.checker_passed else "failed",
+            "checker": checker_status(self.checker_passed),
             "min_top1_agreement": self.policy.min_agreement,
             "validation_images_held_out": self.held_out,
             **(self.agreement.as_dict() if self.agreement else {}),
@@ -107,8 +105,8 @@ def logits(model_path: Path, images: FloatArray, threads: int | None = None) -> 
     session = cpu_session(model_path, threads)
     input_name = session.get_inputs()[0].name
     chunks = [
-        np.asarray(session.run(None, {input_name: images[start : start + INFERENCE_BATCH]})[0])
-        for start in range(0, len(images), INFERENCE_BATCH)
+        np.asarray(session.run(None, {input_name: batch})[0])
+        for batch in batches(images, INFERENCE_BATCH)
     ]
     stacked: FloatArray = np.concatenate(chunks).astype(np.float32)
     return stacked

@@ -30,6 +30,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.cpu_features import saturates_without_vnni
 from export.errors import ConversionError
+from export.images import batches
 from model_contract.preprocessing import FloatArray
 
 QUANTIZATION_TAG = "int8-qdq-per-channel"
@@ -88,8 +89,8 @@ class ArrayCalibrationReader(CalibrationDataReader):  # type: ignore[misc]
 
     def _feeds(self) -> Iterator[dict[str, FloatArray]]:
         """One {input: batch} dict per batch."""
-        for start in range(0, len(self._images), self._batch_size):
-            yield {self._input_name: self._images[start : start + self._batch_size]}
+        for batch in batches(self._images, self._batch_size):
+            yield {self._input_name: batch}
 
     def get_next(self) -> dict[str, FloatArray] | None:
         """The next batch, or None when all were given."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import model_contract.files
 from export.errors import RepositoryError, UsageError, VersionExistsError
 from model_contract.errors import ContractError
-from model_contract.repository import list_versions
+from model_contract.repository import latest_version
 
 STAGING_PREFIX = ".staging-"
 RETIRED_PREFIX = ".retired-"
@@ -76,8 +76,17 @@ def check_repository_usable(path: Path) -> None:
 
 def next_version(model_dir: Path) -> int:
     """One above the highest published version (1 for a new model)."""
-    versions = list_versions(model_dir)
-    return versions[-1] + 1 if versions else 1
+    latest = latest_version(model_dir)
+    return 1 if latest is None else latest + 1
+
+
+def check_version_free(model_dir: Path, version: int | None, force: bool) -> None:
+    """Raise VersionExistsError when `version` of the model is published and --force is not set."""
+    if version is not None and not force and (model_dir / str(version)).exists():
+        raise VersionExistsError(
+            f"version {version} of {model_dir.name} already exists in {model_dir.parent}; "
+            "use --force to replace it, or omit --version to publish the next one"
+        )
 
 
 def _owner_is_gone(name: str) -> bool:
@@ -171,6 +180,7 @@ def commit_version(staging: Path, model_dir: Path, version: int, force: bool = F
     for longer than between two renames, never a mix).
     """
     target = model_dir / str(version)
+    check_version_free(model_dir, version, force)
     if not target.exists():
         try:
             os.rename(staging, target)
@@ -182,11 +192,6 @@ def commit_version(staging: Path, model_dir: Path, version: int, force: bool = F
             raise RepositoryError(f"cannot publish {target}: {exc.strerror or exc}") from None
         fsync_dir(model_dir)
         return target
-    if not force:
-        raise VersionExistsError(
-            f"version {version} of {model_dir.name} already exists in {model_dir.parent}; "
-            "use --force to replace it, or omit --version to publish the next one"
-        )
     retired = model_dir / f"{RETIRED_PREFIX}{os.getpid()}-{version}-{uuid.uuid4().hex[:8]}"
     os.rename(target, retired)
     try:

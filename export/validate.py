@@ -67,10 +67,7 @@ class ValidationReport:
 
     def lines(self) -> list[str]:
         """The short printed report."""
-        rows = [
-            "onnx.checker.check_model(full_check=True): "
-            f"{'passed' if self.checker_passed else 'FAILED'}"
-        ]
+        rows = [checker_line(self.checker_passed)]
         for entry in self.parity:
             verdict = "ok" if self._batch_ok(entry) else "FAILED"
             rows.append(
@@ -85,7 +82,7 @@ class ValidationReport:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (used in export.json)."""
         return {
-            "checker": "passed" if self.checker_passed else "failed",
+            "checker": checker_status(self.checker_passed),
             "tolerance_max_abs_diff": self.policy.max_abs_diff,
             "onnxruntime_version": self.onnxruntime_version,
             "batches": [
@@ -99,6 +96,16 @@ class ValidationReport:
             "max_abs_diff": self.max_abs_diff,
             "passed": self.passed,
         }
+
+
+def checker_line(passed: bool, subject: str = "") -> str:
+    """The printed onnx.checker verdict; `subject` (' on the int8 model') says which model."""
+    return f"onnx.checker.check_model(full_check=True){subject}: {'passed' if passed else 'FAILED'}"
+
+
+def checker_status(passed: bool) -> str:
+    """The onnx.checker verdict as export.json records it."""
+    return "passed" if passed else "failed"
 
 
 def run_checker(onnx_path: Path) -> str | None:

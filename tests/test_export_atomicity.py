@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.export_checkpoints import TraceDivergentClassifier
-from tests.export_faults import PAUSE_MARKER
-from tests.export_support import hidden_entries, snapshot, version_dirs
-from tests.fixtures.models import REPO_ROOT, SMALL_MODEL_ARGS, export_python, run_export
+from tests.export_support import (
+    PausedExport,
+    fault_command,
+    hidden_entries,
+    snapshot,
+    version_dirs,
+)
+from tests.fixtures.models import REPO_ROOT, SMALL_MODEL_ARGS, run_export
 
-MARKER_TIMEOUT_S = 300.0
 # The fastest real export in the session repository (real weights, ~18 MiB).
 LITE0_ARGS = ("--model", "efficientnet_lite0")
 
@@ -26,68 +27,13 @@ LITE0_ARGS = ("--model", "efficientnet_lite0")
 def _crashing_export(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the export CLI with a simulated crash right before its version is committed."""
     return subprocess.run(
-        [export_python(), "-m", "tests.export_faults", "raise", *args],
+        fault_command("raise", *args),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-
-
-class PausedExport:
-    """The CLI started with the pause hook, its stderr collected by a reader thread."""
-
-    def __init__(self, repository: Path, *args: str) -> None:
-        """Start `python -m export *args --repository repository` with the pause hook armed."""
-        self.process = subprocess.Popen(
-            [
-                export_python(),
-                "-m",
-                "tests.export_faults",
-                "pause",
-                *args,
-                "--repository",
-                str(repository),
-            ],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._lines: queue.Queue[str] = queue.Queue()
-        self._seen: list[str] = []
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
-
-    def _pump(self) -> None:
-        """Forward stderr lines to the queue until the process closes it."""
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self._lines.put(line)
-
-    def wait_for_pause(self) -> Path:
-        """Block (bounded) until model.onnx is in staging; return its path."""
-        deadline = time.monotonic() + MARKER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            self._seen.append(line)
-            if line.startswith(PAUSE_MARKER):
-                return Path(line[len(PAUSE_MARKER) :].strip())
-        self.process.kill()
-        self.process.wait(timeout=30)
-        pytest.fail(f"the export never reached the pause point:\n{''.join(self._seen)}")
-
-    def finish(self, timeout: float = 60) -> tuple[int, str]:
-        """Wait for the exit; return the exit code and everything printed on stderr."""
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        while not self._lines.empty():
-            self._seen.append(self._lines.get_nowait())
-        return code, "".join(self._seen)
 
 
 def test_sigkill_after_onnx_write_publishes_nothing_and_next_run_cleans_up(

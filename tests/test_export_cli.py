@@ -14,6 +14,7 @@ import torchvision
 
 from tests.export_checkpoints import TinyClassifier
 from tests.export_support import (
+    check_published_layout,
     config_parameters,
     hidden_entries,
     parse_config,
@@ -63,12 +64,7 @@ def test_resnet50_untrained_publishes_version_1_then_version_2(tmp_path: Path) -
     assert "/v2/repository/models/resnet50/load" in first.stdout
 
     model_dir = repository / "resnet50"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == [
-        "export.json",
-        "labels.txt",
-        "model.onnx",
-    ]
+    check_published_layout(model_dir)
     config = parse_config(model_dir / "config.pbtxt")
     parameters = config_parameters(config)
     assert (config.name, config.backend, config.max_batch_size) == ("resnet50", "onnxruntime", 16)

@@ -26,6 +26,18 @@ def _run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return code, stderr
 
 
+def _refused_weights(
+    capsys: pytest.CaptureFixture[str], repo: Path, model: str, weights: Path, *args: str
+) -> str:
+    """Run the CLI on --model and --weights into `repo`: exit 2, no repository; return stderr."""
+    code, stderr = _run_cli(
+        capsys, "--model", model, "--weights", str(weights), *args, "--repository", str(repo)
+    )
+    assert code == USAGE
+    assert not repo.exists()
+    return stderr
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A repository path that does not exist yet (a failed run must not create it)."""
@@ -71,18 +83,8 @@ def test_bad_flag_values_are_usage_errors(
 
 def test_missing_checkpoint(capsys: pytest.CaptureFixture[str], repo: Path, tmp_path: Path) -> None:
     """--weights pointing nowhere says so (and what --weights accepts)."""
-    code, stderr = _run_cli(
-        capsys,
-        "--model",
-        "resnet18",
-        "--weights",
-        str(tmp_path / "nope.pth"),
-        "--repository",
-        str(repo),
-    )
-    assert code == USAGE
+    stderr = _refused_weights(capsys, repo, "resnet18", tmp_path / "nope.pth")
     assert "does not exist" in stderr and "'imagenet', 'none'" in stderr
-    assert not repo.exists()
 
 
 def test_unreadable_checkpoint(
@@ -91,12 +93,8 @@ def test_unreadable_checkpoint(
     """A file that is not a torch checkpoint is reported as unreadable."""
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(os.urandom(4096))
-    code, stderr = _run_cli(
-        capsys, "--model", "resnet18", "--weights", str(garbage), "--repository", str(repo)
-    )
-    assert code == USAGE
+    stderr = _refused_weights(capsys, repo, "resnet18", garbage)
     assert "cannot read checkpoint" in stderr
-    assert not repo.exists()
 
 
 def test_checkpoint_of_another_architecture(
@@ -105,19 +103,9 @@ def test_checkpoint_of_another_architecture(
     """A state_dict that does not fit --model names the mismatching keys."""
     checkpoint = tmp_path / "tiny_state.pth"
     torch.save(TinyClassifier(num_classes=1000).state_dict(), checkpoint)
-    code, stderr = _run_cli(
-        capsys,
-        "--model",
-        "mobilenet_v3_small",
-        "--weights",
-        str(checkpoint),
-        "--repository",
-        str(repo),
-    )
-    assert code == USAGE
+    stderr = _refused_weights(capsys, repo, "mobilenet_v3_small", checkpoint)
     assert "does not match the mobilenet_v3_small architecture" in stderr
     assert "missing key" in stderr and "unexpected key" in stderr
-    assert not repo.exists()
 
 
 def test_state_dict_classes_differ_from_labels(
@@ -126,20 +114,10 @@ def test_state_dict_classes_differ_from_labels(
     """A 1000-class checkpoint with a 3-line labels file: the counts are named."""
     checkpoint = tmp_path / "mobilenet.pth"
     torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), checkpoint)
-    code, stderr = _run_cli(
-        capsys,
-        "--model",
-        "mobilenet_v3_small",
-        "--weights",
-        str(checkpoint),
-        "--labels",
-        str(three_labels),
-        "--repository",
-        str(repo),
+    stderr = _refused_weights(
+        capsys, repo, "mobilenet_v3_small", checkpoint, "--labels", str(three_labels)
     )
-    assert code == USAGE
     assert "1000-class classifier" in stderr and "has 3 classes" in stderr
-    assert not repo.exists()
 
 
 def test_module_outputs_differ_from_default_labels(
@@ -147,18 +125,8 @@ def test_module_outputs_differ_from_default_labels(
 ) -> None:
     """A 3-class pickled model without --labels: 3 outputs vs 1000 ImageNet labels."""
     torch.save(TinyClassifier(num_classes=3), tmp_path / "tiny.pth")
-    code, stderr = _run_cli(
-        capsys,
-        "--model",
-        "resnet18",
-        "--weights",
-        str(tmp_path / "tiny.pth"),
-        "--repository",
-        str(repo),
-    )
-    assert code == USAGE
+    stderr = _refused_weights(capsys, repo, "resnet18", tmp_path / "tiny.pth")
     assert "outputs 3 classes" in stderr and "1000" in stderr and "--labels" in stderr
-    assert not repo.exists()
 
 
 def test_pretrained_head_with_wrong_label_count(
@@ -273,4 +241,3 @@ def test_failed_download_names_the_offline_choices(repo: Path, tmp_path: Path) -
     assert "cannot download the IMAGENET1K_V2 weights for resnet50" in result.stderr
     assert "--weights PATH" in result.stderr and "--model efficientnet_lite0" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not repo.exists()

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnx
-import onnxruntime
 import pytest
 import skimage.data
 from onnx import numpy_helper
@@ -23,12 +22,18 @@ from PIL import Image
 from export.cpu_features import read_cpu_features
 from export.quantize import QuantizeSettings, quantize_int8
 from tests.emulated_cpu import AVX2_ONLY_CPU, onnx_logits
-from tests.export_support import config_parameters, parse_config, preprocess, snapshot
+from tests.export_support import (
+    check_lite0_parameters,
+    config_parameters,
+    parse_config,
+    photo_logits,
+    preprocess,
+    real_photos,
+    snapshot,
+)
 from tests.fixtures.models import run_export
 
 MODEL_NAME = "efficientnet_lite0_int8"
-CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
-COFFEE_CLASSES = {"espresso", "cup"}
 QUANTIZE_ARGS = ("--model", "efficientnet_lite0", "--quantize", "int8")
 # scikit-image's photos: the suite must not depend on ../shared/imagenet-samples. The speed gate
 # is off because whether int8 beats fp32 depends on the CPU (slower without VNNI, see README);
@@ -100,12 +105,7 @@ def test_config_keeps_preprocessing_and_records_quantization(
     assert config.input[0].data_type == 11  # TYPE_FP32: clients keep sending float
     parameters = config_parameters(config)
     assert parameters["quantization"] == "int8-qdq-per-channel"
-    assert parameters["preprocess_resize_size"] == "256"
-    assert parameters["preprocess_crop_size"] == "224"
-    assert parameters["preprocess_mean"] == "0.498,0.498,0.498"
-    assert parameters["preprocess_std"] == "0.502,0.502,0.502"
-    assert parameters["preprocess_interpolation"] == "bilinear"
-    assert parameters["model_trained"] == "true"
+    check_lite0_parameters(parameters)
 
 
 def test_export_json_records_the_int8_validation(int8_export: tuple[Path, str]) -> None:
@@ -122,25 +122,14 @@ def test_export_json_records_the_int8_validation(int8_export: tuple[Path, str]) 
     assert record["onnx"]["size_bytes"] == quantization["size_bytes"]["int8"]
 
 
-@pytest.mark.parametrize(
-    ("photo", "expected"),
-    [(skimage.data.chelsea, CAT_CLASSES), (skimage.data.coffee, COFFEE_CLASSES)],
-    ids=["chelsea-cat", "coffee-espresso"],
-)
+@real_photos
 def test_int8_model_still_recognises_real_photos(
     int8_export: tuple[Path, str],
     photo: Callable[[], npt.NDArray[np.uint8]],
     expected: set[str],
 ) -> None:
     """Through its recorded preprocessing, the int8 model names a cat / an espresso or cup."""
-    model_dir = _model_dir(int8_export)
-    config = parse_config(model_dir / "config.pbtxt")
-    batch = preprocess(Image.fromarray(photo()), config_parameters(config))[np.newaxis]
-    session = onnxruntime.InferenceSession(
-        str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    (logits,) = session.run([config.output[0].name], {config.input[0].name: batch})
-    labels = (model_dir / "labels.txt").read_text().splitlines()
+    logits, labels = photo_logits(_model_dir(int8_export), photo())
     assert labels[int(np.argmax(logits[0]))] in expected
 
 

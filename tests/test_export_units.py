@@ -15,7 +15,10 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
+from export.architectures import check_architecture
+from export.efficientnet import EFFICIENTNET_LITE0_PREPROCESSING
 from export.errors import UnknownModelError, UsageError, VersionExistsError
+from export.model_labels import imagenet_categories
 from export.publish import VersionPublisher
 from export.repository import (
     commit_version,
@@ -24,13 +27,8 @@ from export.repository import (
     remove_stale_entries,
     write_text_atomically,
 )
-from export.sources import (
-    EFFICIENTNET_LITE0_PREPROCESSING,
-    WeightsChoice,
-    check_model_name,
-    from_torchvision_transforms,
-    imagenet_categories,
-)
+from export.sources import WeightsChoice
+from export.torchvision_models import from_torchvision_transforms
 from model_contract.labels import LabelsError, parse_labels, render_labels
 from model_contract.preprocessing import Preprocessing
 from model_contract.repository import list_versions
@@ -40,7 +38,7 @@ from model_contract.triton_config import (
     parse_config,
     render_config,
 )
-from tests.export_support import preprocess
+from tests.export_support import check_published_layout, preprocess
 from tests.fixtures.models import REPO_ROOT
 
 
@@ -168,11 +166,11 @@ def test_weights_choice_parsing() -> None:
 def test_unknown_model_name_suggests_close_names() -> None:
     """A typo gets the nearest architecture names."""
     with pytest.raises(UnknownModelError, match="resnet50"):
-        check_model_name("resnet5O")
+        check_architecture("resnet5O")
     with pytest.raises(UnknownModelError, match="efficientnet_lite0"):
-        check_model_name("efficientnet-lite0")
-    check_model_name("efficientnet_lite0")
-    check_model_name("mobilenet_v3_small")
+        check_architecture("efficientnet-lite0")
+    check_architecture("efficientnet_lite0")
+    check_architecture("mobilenet_v3_small")
 
 
 def test_versions_are_the_numeric_directories(tmp_path: Path) -> None:
@@ -261,12 +259,7 @@ def test_publisher_commit_publishes_version_and_model_files(tmp_path: Path) -> N
         published = publisher.commit("a\nb\n", 'name: "m"\n', {"source": "test"})
     assert published.version == 1 and published.config_changed and published.labels_changed
     model_dir = tmp_path / "m"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == [
-        "export.json",
-        "labels.txt",
-        "model.onnx",
-    ]
+    check_published_layout(model_dir)
 
 
 def test_publisher_rejects_bad_names_and_versions(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ count, RELIABILITY_SEED the random moments (printed with the figures).
 
 from __future__ import annotations
 
+import contextlib
 import os
-import queue
 import random
 import shutil
 import signal
@@ -33,8 +33,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from local_triton import TritonServer
-from tests.export_faults import PAUSE_MARKER
-from tests.fixtures.models import REPO_ROOT, SMALL_MODEL_ARGS, export_python, run_export
+from tests.export_support import PausedExport, fault_command
+from tests.fixtures.models import REPO_ROOT, SMALL_MODEL_ARGS, run_export
 from tests.reliability_support import (
     env_int,
     report,
@@ -45,7 +45,6 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "mobilenet_v3_small"
 CALL_TIMEOUT_S = 10.0
-PAUSE_TIMEOUT_S = 300.0
 VERSION_FILES = ("model.onnx", "labels.txt", "export.json")
 
 
@@ -127,14 +126,7 @@ def kill_exports(
     for index in range(kills):
         delay = rng.uniform(start + index * width, start + (index + 1) * width)
         process = subprocess.Popen(
-            [
-                export_python(),
-                "-m",
-                "tests.export_faults",
-                "pause",
-                *SMALL_MODEL_ARGS,
-                *publish_args(repository),
-            ],
+            fault_command("pause", *SMALL_MODEL_ARGS, *publish_args(repository)),
             cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -157,44 +149,16 @@ def kill_exports(
 def kill_in_staging(repository: Path, hold_s: float) -> Path:
     """Run an export that pauses with model.onnx written in staging (the export's own test
     hook), leave it there for ``hold_s`` while Triton polls, then SIGKILL it."""
-    process = subprocess.Popen(
-        [
-            export_python(),
-            "-m",
-            "tests.export_faults",
-            "pause",
-            *SMALL_MODEL_ARGS,
-            *publish_args(repository),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + PAUSE_TIMEOUT_S
+    export = PausedExport(repository, *SMALL_MODEL_ARGS, "--quiet", new_session=True)
     try:
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line.startswith(PAUSE_MARKER):
-                onnx_path = Path(line[len(PAUSE_MARKER) :].strip())
-                time.sleep(hold_s)
-                return onnx_path
-        pytest.fail("the export never reached its pause point")
+        onnx_path = export.wait_for_pause()
+        time.sleep(hold_s)
+        return onnx_path
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        # The group is gone already when the pause was never reached (PausedExport killed it).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(export.process.pid, signal.SIGKILL)
+        export.process.wait(timeout=30)
 
 
 def run_export_faults(repository_v1: Path, tmp_path: Path, start_triton: Any, kills: int) -> None:
