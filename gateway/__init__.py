@@ -6,6 +6,7 @@ at import time, and every resource is created here, per app.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -13,12 +14,12 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from gateway import routes, telemetry
+from gateway import analyses, routes, telemetry
 from gateway.admission import AdmissionGate
 from gateway.auth import ApiKeyAuth
 from gateway.backend import InferenceBackend
 from gateway.classifier import Classifier
-from gateway.config import PREFIX, Settings
+from gateway.config import PREFIX, ConfigError, Settings
 from gateway.errors import register_error_handlers
 from gateway.images import ImageLimits
 from gateway.labels import LabelStore
@@ -26,6 +27,7 @@ from gateway.logs import configure_logging
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import KeyRateLimiter, parse_rate_limit
 
+log = logging.getLogger("gateway")
 #: create_app config key for an InferenceBackend to use instead of Triton (tests).
 BACKEND_KEY = "GATEWAY_BACKEND"
 
@@ -68,6 +70,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         draft_jpeg=settings.jpeg_draft,
     )
     metrics = GatewayMetrics()
+    history = _history(settings)
     app.extensions[routes.EXTENSION] = routes.Services(
         settings=settings,
         classifier=classifier,
@@ -79,6 +82,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         rate_limiter=(
             KeyRateLimiter(parse_rate_limit(settings.rate_limit)) if settings.rate_limit else None
         ),
+        history=history,
     )
     register_error_handlers(app)
     telemetry.init_app(app, metrics, classifier.is_known_model)
@@ -86,10 +90,37 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         CORS(
             app,
             origins=list(settings.cors_origins),
-            methods=["GET", "POST", "OPTIONS"],
+            methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
             max_age=600,
         )
     app.register_blueprint(routes.bp)
+    app.register_blueprint(analyses.bp)
+    if history is not None and history.purger is not None:
+        history.purger.start()
     return app
+
+
+def _history(settings: Settings) -> analyses.History | None:
+    """The history when GATEWAY_HISTORY_URL is set; ConfigError on a schema that is not current.
+
+    A database that cannot be reached at start does not stop the gateway: answers carry
+    ``"id": null`` until it is back (docs/history.md).
+    """
+    if not settings.history_url:
+        return None
+    from gateway.history.migrations import SchemaMismatch
+    from gateway.history.retention import RetentionPurger
+    from gateway.history.store import HistoryStore, HistoryUnavailable
+
+    store = HistoryStore(settings.history_url, settings.history_timeout_s)
+    try:
+        store.check_schema()
+    except SchemaMismatch as error:
+        raise ConfigError(str(error)) from None
+    except HistoryUnavailable as error:
+        log.warning("history database (%s) unreachable at start: %s", store.backend, error)
+    days = settings.history_retention_days
+    purger = RetentionPurger(store, days) if days > 0 else None
+    return analyses.History(store, settings.history_secret, purger)

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from gateway.backend import InferenceBackend, ModelSpec
 from gateway.errors import ModelMisconfigured, UpstreamError
-from gateway.images import ImageLimits, jpeg_draft, load_rgb
+from gateway.images import ImageFacts, ImageLimits, decode_rgb, jpeg_draft
 from gateway.labels import LabelStore
 from model_contract.errors import ContractError
 from model_contract.preprocessing import FloatArray, Preprocessing, preprocess
@@ -77,6 +77,7 @@ class Attempt:
     timings: StageTimings
     classification: Classification | None = None
     error: Exception | None = None
+    image: ImageFacts | None = None  # None when the image could not be decoded
 
     @property
     def version(self) -> str | None:
@@ -144,20 +145,23 @@ class Classifier:
 
     # -- the stages --------------------------------------------------------------------
 
-    def preprocess(self, data: bytes, model: ServedModel) -> tuple[FloatArray, StageTimings]:
-        """Decode ``data``; return the batch tensor the model's input expects and the time taken."""
+    def preprocess(
+        self, data: bytes, model: ServedModel
+    ) -> tuple[FloatArray, StageTimings, ImageFacts]:
+        """Decode ``data``; return the batch tensor the model expects, the time taken, its facts."""
         started = time.perf_counter()
         hook = jpeg_draft(model.preprocessing.resize_size) if self.draft_jpeg else None
-        image = load_rgb(data, self.limits, hook)
+        image, facts = decode_rgb(data, self.limits, hook)
         decoded = time.perf_counter()
         # Draft mode is the approximate fast path: it also resizes only the crop's region.
         tensor = preprocess(image, model.preprocessing, resize_crop_only=self.draft_jpeg)
         if model.spec.channels_last:
             tensor = np.ascontiguousarray(tensor.transpose(1, 2, 0))
         batch = tensor[np.newaxis] if model.spec.batched else tensor
-        return batch, StageTimings(
+        timings = StageTimings(
             decode_s=decoded - started, preprocess_s=time.perf_counter() - decoded
         )
+        return batch, timings, facts
 
     def predict(
         self, batch: FloatArray, model: ServedModel, version: str | None
@@ -197,10 +201,11 @@ class Classifier:
         then. A stage's time counts once it returns; a Triton call's also when it fails.
         """
         timings = StageTimings()
+        image: ImageFacts | None = None
 
         def run(model: ServedModel, pinned: str | None) -> tuple[FloatArray, str]:
-            nonlocal timings
-            batch, spent = self.preprocess(data, model)
+            nonlocal timings, image
+            batch, spent, image = self.preprocess(data, model)
             timings += spent
             started = time.perf_counter()
             try:
@@ -219,8 +224,8 @@ class Classifier:
                     logits, answered = run(fresh, answered)
             predictions = self.postprocess(logits, name, answered, top_k)
         except Exception as exc:  # handed to the caller with the timings, raised by result()
-            return Attempt(timings, error=exc)
-        return Attempt(timings, Classification(name, answered, predictions))
+            return Attempt(timings, error=exc, image=image)
+        return Attempt(timings, Classification(name, answered, predictions), image=image)
 
 
 def _check_interface(model: ServedModel) -> None:

@@ -30,6 +30,14 @@ GATEWAY_JPEG_DRAFT              on/off (on): decode large JPEGs at 1/2, 1/4 or 1
                                 (docs/performance.md has the accuracy figures)
 GATEWAY_RATE_LIMIT              per-API-key limit such as ``100/minute`` or
                                 ``10/second;500/hour``, per worker; empty = off (off)
+GATEWAY_HISTORY_URL             where answers are stored: ``sqlite:///path`` or
+                                ``postgresql+psycopg://user:password@host/db``; empty = off (off)
+GATEWAY_HISTORY_SECRET          the key of the HMAC that turns an API key into the stored owner
+                                id (at least 16 characters; required with GATEWAY_HISTORY_URL;
+                                changing it orphans every stored row)
+GATEWAY_HISTORY_SECRET_FILE     a file holding it instead
+GATEWAY_HISTORY_RETENTION_DAYS  rows older than this are deleted; 0 = keep them (90)
+GATEWAY_HISTORY_TIMEOUT_S       bound of every history connection and statement (2)
 ==============================  ==========================================================
 
 gunicorn's settings (``ServerSettings``, applied by gateway/gunicorn.conf.py):
@@ -94,6 +102,10 @@ class Settings:
     queue_timeout_s: float = 5.0
     rate_limit: str = ""  # limits' notation; empty: no rate limit
     jpeg_draft: bool = True
+    history_url: str = field(default="", repr=False)  # empty: history off; may hold a password
+    history_secret: bytes = field(default=b"", repr=False)
+    history_retention_days: int = 90
+    history_timeout_s: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -136,6 +148,12 @@ class Settings:
             queue_timeout_s=env.number("QUEUE_TIMEOUT_S", cls.queue_timeout_s, maximum=300),
             rate_limit=_read_rate_limit(env),
             jpeg_draft=env.boolean("JPEG_DRAFT", cls.jpeg_draft),
+            history_url=_read_history_url(env),
+            history_secret=_read_history_secret(env),
+            history_retention_days=env.integer(
+                "HISTORY_RETENTION_DAYS", cls.history_retention_days, minimum=0, maximum=36500
+            ),
+            history_timeout_s=env.number("HISTORY_TIMEOUT_S", cls.history_timeout_s, maximum=60),
         )
 
 
@@ -296,3 +314,39 @@ def _read_origins(env: _Env) -> tuple[str, ...]:
                 f"GATEWAY_CORS_ORIGINS entry {origin!r} must be an origin like https://app.example.com"
             )
     return origins
+
+
+def _read_history_url(env: _Env) -> str:
+    url = env.raw("HISTORY_URL")
+    if url is None:
+        return ""
+    from gateway.history.store import history_url  # SQLAlchemy only when history is on
+
+    try:
+        history_url(url)
+    except ValueError as error:
+        # The URL may hold a password: name the variable and the problem, not the value.
+        raise ConfigError(f"GATEWAY_HISTORY_URL {error} (value not shown)") from None
+    return url
+
+
+def _read_history_secret(env: _Env) -> bytes:
+    secret = env.raw("HISTORY_SECRET")
+    path = env.raw("HISTORY_SECRET_FILE")
+    if secret is None and path is not None:
+        try:
+            secret = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"GATEWAY_HISTORY_SECRET_FILE={path!r} cannot be read: {exc}"
+            ) from None
+    if env.raw("HISTORY_URL") is None:
+        return b""
+    if not secret or len(secret) < 16:
+        raise ConfigError(
+            "GATEWAY_HISTORY_URL is set, so GATEWAY_HISTORY_SECRET (or "
+            "GATEWAY_HISTORY_SECRET_FILE) must hold at least 16 characters: the key of the hash "
+            "that stands for API keys in the database (make one with: python -c "
+            "'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return secret.encode("utf-8")

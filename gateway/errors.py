@@ -94,6 +94,18 @@ class UpstreamError(GatewayError, status=502, code="upstream_error"):
     """Triton answered with an error the gateway cannot attribute to the request."""
 
 
+class HistoryOff(GatewayError, status=404, code="history_off"):
+    """The history API was called while GATEWAY_HISTORY_URL is not set."""
+
+
+class AnalysisNotFound(GatewayError, status=404, code="analysis_not_found"):
+    """No analysis with that id belongs to the caller's key (another key's rows included)."""
+
+
+class HistoryDown(GatewayError, status=503, code="history_unavailable", retry_after_s=5):
+    """The history database did not answer in time or refused."""
+
+
 def json_error(
     status: int, code: str, message: str, *, retry_after_s: int | None = None
 ) -> Response:

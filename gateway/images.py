@@ -148,11 +148,29 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
     return image
 
 
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the history records of an image instead of the image: format, stored size, bytes."""
+
+    format: str
+    width: int
+    height: int
+    bytes: int
+
+
 def load_rgb(
     data: bytes, limits: ImageLimits, before_load: BeforeLoad | None = None
 ) -> Image.Image:
     """Decode ``data`` to RGB: first frame, EXIF orientation applied, any mode converted."""
+    return decode_rgb(data, limits, before_load)[0]
+
+
+def decode_rgb(
+    data: bytes, limits: ImageLimits, before_load: BeforeLoad | None = None
+) -> tuple[Image.Image, ImageFacts]:
+    """load_rgb, and the image's facts as its header gives them (before any draft scaling)."""
     image = open_image(data, limits)
+    facts = ImageFacts(str(image.format), image.width, image.height, len(data))
     try:
         # An opened animation (GIF, WebP) sits on its first frame; load() decodes that frame
         # only. Asking for n_frames would parse every frame, so it is deliberately not used.
@@ -160,7 +178,7 @@ def load_rgb(
             before_load(image)
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
-        return to_rgb(image)
+        return to_rgb(image), facts
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLarge(f"The image has more than {limits.max_pixels} pixels.") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError):

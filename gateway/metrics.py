@@ -85,6 +85,12 @@ class GatewayMetrics:
             ["reason"],
             registry=registry,
         )
+        self.history_writes = Counter(
+            "gateway_history_writes_total",
+            "Answers the history stored, or failed to store (database down or slow), by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight",
             "HTTP requests being processed right now (all routes).",

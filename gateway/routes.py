@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -20,6 +20,9 @@ from gateway.errors import Overloaded, TooManyRequests, json_error
 from gateway.metrics import GatewayMetrics
 from gateway.payload import read_analyze_request
 from gateway.ratelimit import KeyRateLimiter
+
+if TYPE_CHECKING:
+    from gateway.analyses import History  # analyses' views import this module
 
 bp = Blueprint("gateway", __name__)
 View = TypeVar("View", bound=Callable[..., Any])
@@ -36,6 +39,7 @@ class Services:
     metrics: GatewayMetrics
     admission: AdmissionGate
     rate_limiter: KeyRateLimiter | None = None  # None: GATEWAY_RATE_LIMIT is off
+    history: History | None = None  # None: GATEWAY_HISTORY_URL is off
 
 
 def services() -> Services:
@@ -114,17 +118,25 @@ def analyze() -> Response:
     read = StageTimings(decode_s=time.perf_counter() - started)
     name = parsed.model or svc.settings.default_model
     attempt = svc.classifier.classify(parsed.image, name, parsed.version, parsed.top_k)
-    telemetry.report(telemetry.Analysis(name, attempt.version, read + attempt.timings))
+    timings = read + attempt.timings
+    telemetry.report(telemetry.Analysis(name, attempt.version, timings))
     result = attempt.result()
     predictions = [prediction._asdict() for prediction in result.predictions]
-    return jsonify(
-        label=predictions[0]["label"],
-        confidence=predictions[0]["confidence"],
-        predictions=predictions,
-        mode="real",
-        message=f"Classified by {result.model} (version {result.version}) on Triton.",
-        model={"name": result.model, "version": result.version},
-    )
+    answer: dict[str, Any] = {
+        "label": predictions[0]["label"],
+        "confidence": predictions[0]["confidence"],
+        "predictions": predictions,
+        "mode": "real",
+        "message": f"Classified by {result.model} (version {result.version}) on Triton.",
+        "model": {"name": result.model, "version": result.version},
+    }
+    if svc.history is not None:
+        # Committed before the answer leaves, so an id a client got is never missing later.
+        answer["id"] = svc.history.record(parsed.image, attempt, timings)
+        svc.metrics.history_writes.labels("stored" if answer["id"] else "failed").inc()
+        if answer["id"] is None:
+            answer["message"] += " History is unavailable: this answer was not stored."
+    return jsonify(answer)
 
 
 @bp.get("/models")
@@ -154,8 +166,10 @@ def health() -> Response:
 def ready() -> Response:
     """Readiness: 200 only when Triton is reachable and the default model is ready."""
     svc = services()
+    # The history's state is reported, never a reason to fail: /analyze answers without it.
+    history = {} if svc.history is None else {"history": svc.history.store.state()}
     if svc.classifier.ready():
-        return jsonify(status="ready", model=svc.settings.default_model)
+        return jsonify(status="ready", model=svc.settings.default_model, **history)
     return json_error(
         503,
         "not_ready",

@@ -4,6 +4,7 @@
 #   docker-compose  parses and normalizes docker-compose.yml (`config` needs no Docker engine)
 #   curl            the command of the compose file's Triton health check, run for real
 #   qemu-user       qemu-x86_64 -cpu Haswell: int8 models checked on an emulated AVX2-only CPU
+#   postgresql      initdb/pg_ctl/postgres: tests/fixtures/postgres.py runs a throwaway cluster
 # Quick when they are already there. Needs root or sudo; otherwise it says what to install.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v qemu-x86_64 >/dev/null 2>&1 || need+=(qemu-user)
+# The server, not just psql (postgresql-client alone has no initdb).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -26,8 +29,9 @@ fi
 echo "Installing Debian packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
-# A policy-rc.d that answers 101 keeps the package's postinst from starting a prometheus
-# daemon on port 9090: the tests start their own Prometheus on a free port.
+# A policy-rc.d that answers 101 keeps the packages' postinst from starting a prometheus
+# daemon on port 9090 or the `main` PostgreSQL cluster Debian creates on 5432: the tests start
+# their own Prometheus and PostgreSQL on free ports.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then
   printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
@@ -35,3 +39,12 @@ if [ ! -e "$policy" ]; then
   trap '"${sudo[@]}" rm -f "$policy"' EXIT
 fi
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Belt and braces: should a postinst have started a cluster anyway (a policy-rc.d that was
+# already there and allows it), stop it; the `main` cluster itself may stay, stopped.
+if command -v pg_lsclusters >/dev/null 2>&1; then
+  pg_lsclusters --no-header 2>/dev/null | while read -r version cluster _port status _rest; do
+    if [[ "$status" == online* ]]; then
+      "${sudo[@]}" pg_ctlcluster "$version" "$cluster" stop || true
+    fi
+  done
+fi

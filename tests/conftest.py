@@ -3,6 +3,7 @@
 - tests/fixtures/models.py: a model repository published by the real `python -m export`;
 - tests/fixtures/triton.py: the real Triton server (local_triton) on that repository;
 - tests/fixtures/gateway.py: the real gateway under gunicorn, over HTTP;
+- tests/fixtures/postgres.py: a real, throwaway PostgreSQL cluster and fresh databases on it;
 - tests/reliability_support.py: the Python-backend models and their session Triton.
 """
 
@@ -10,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.triton",
     "tests.fixtures.gateway",
+    "tests.fixtures.postgres",
     "tests.reliability_support",
 ]
 
