@@ -3,7 +3,11 @@
 Stages, in this order, one at a time on this machine:
   ort       ONNX Runtime alone on the published model (batch sizes 1..16): the limit;
   triton    local Triton alone over gRPC with pre-made tensors, concurrent batch-1 clients;
-  gateway   the whole path: gateway under gunicorn + local Triton, JPEG-in-JSON over HTTP;
+  gateway   the whole path: gateway under gunicorn + local Triton, JPEG-in-JSON over HTTP,
+            the analysis history off;
+  gateway_history
+            the same with the history on (every answer stored in a new SQLite file in the
+            run's temporary folder, migrated first): the report gives what it costs;
   baseline  the seed-style single Flask process running the same model in PyTorch.
 """
 
@@ -33,6 +37,8 @@ from local_triton import ProcessError, TritonNotInstalledError
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_MODEL = "resnet50"
 SMOKE_MODEL = "mobilenet_v3_small"
+# The gateway over HTTP with its history off, then on; in this order, on the same Triton.
+HTTP_GATEWAY_STAGES = ("gateway", "gateway_history")
 
 
 class UsageError(Exception):
@@ -160,8 +166,13 @@ def _machine() -> dict[str, object]:
     }
 
 
-def measure(args: argparse.Namespace, model: PublishedModel, run_dir: Path) -> BenchResults:
-    """Build payloads, then run each requested stage in order and return the figures."""
+def measure(
+    args: argparse.Namespace, model: PublishedModel, run_dir: Path, workdir: Path
+) -> BenchResults:
+    """Build payloads, then run each requested stage in order and return the figures.
+
+    `workdir` is the run's temporary folder (the history stage's database goes there).
+    """
     payloads = build_payloads(
         args.payload, args.images, args.payload_count, args.results_dir / "cache"
     )
@@ -188,27 +199,46 @@ def measure(args: argparse.Namespace, model: PublishedModel, run_dir: Path) -> B
     results = BenchResults(settings=settings)
     logs = run_dir / "logs"
     window = (args.warmup, args.duration)
+    # Wall seconds of each stage, servers' start and stop included: what a stage costs a run.
+    stage_seconds: dict[str, float] = {}
+    settings["stage_seconds"] = stage_seconds
+
+    def timed(stage: str, started: float) -> None:
+        stage_seconds[stage] = round(time.monotonic() - started, 1)
+
     if "ort" in args.stages:
         say("[bench] stage ort: ONNX Runtime alone")
+        started = time.monotonic()
         results.ort = ort_limit.measure(model.onnx_path, tensors, args.batch_sizes, *window)
+        timed("ort", started)
         for figure in results.ort.figures:
             say(
                 f"  batch {figure.batch_size:>3}: {figure.images_per_s:8.2f} img/s  "
                 f"p50 {figure.latency_p50_ms:8.1f} ms per call"
             )
-    if "triton" in args.stages or "gateway" in args.stages:
+    if {"triton", *HTTP_GATEWAY_STAGES} & set(args.stages):
         say("[bench] starting local Triton")
         with whole_path.local_triton(model, logs) as triton:
             if "triton" in args.stages:
                 say("[bench] stage triton: Triton alone over gRPC")
+                started = time.monotonic()
                 results.triton = triton_client_bench.run(
                     triton.grpc_url, model.name, tensors, args.concurrency, *window, say
                 )
-            if "gateway" in args.stages:
-                say("[bench] stage gateway: gateway (gunicorn) + Triton over HTTP")
+                timed("triton", started)
+            for stage in HTTP_GATEWAY_STAGES:
+                if stage not in args.stages:
+                    continue
+                started = time.monotonic()
+                history = None
+                if stage == "gateway_history":
+                    say("[bench] stage gateway_history: the same, history on (SQLite)")
+                    history = whole_path.history_database(workdir / "history")
+                else:
+                    say("[bench] stage gateway: gateway (gunicorn) + Triton over HTTP")
                 api_key = whole_path.new_api_key()
-                with whole_path.gateway(model, triton, api_key, logs) as gateway:
-                    results.gateway = whole_path.measure_http(
+                with whole_path.gateway(model, triton, api_key, logs, history) as gateway:
+                    figures = whole_path.measure_http(
                         gateway.port,
                         bodies,
                         api_key,
@@ -217,13 +247,22 @@ def measure(args: argparse.Namespace, model: PublishedModel, run_dir: Path) -> B
                         say,
                         gateway_phases=True,
                         triton=(triton.grpc_url, model.name),
+                        require_id=history is not None,
                     )
+                    if history is not None:
+                        results.gateway_history = figures
+                        results.history_writes = whole_path.history_writes(gateway.port)
+                    else:
+                        results.gateway = figures
+                timed(stage, started)
     if "baseline" in args.stages:
         say("[bench] stage baseline: seed-style Flask + PyTorch")
+        started = time.monotonic()
         with whole_path.seed_baseline(model, logs) as port:
             results.baseline = whole_path.measure_http(
                 port, bodies, "unused-by-the-baseline", args.concurrency, *window, say
             )
+        timed("baseline", started)
     settings["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     return results
 
@@ -241,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             say(f"[bench] publishing {args.model} with the export CLI into {workdir}/repository")
             model = publish(args.model, workdir / "repository", workdir)
-        results = measure(args, model, run_dir)
+        results = measure(args, model, run_dir, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     document = to_json(results)

@@ -11,7 +11,7 @@ from typing import Any
 from bench.loadgen import Measurement
 from bench.ort_limit import OrtLimit
 
-STAGES = ("ort", "triton", "gateway", "baseline")
+STAGES = ("ort", "triton", "gateway", "gateway_history", "baseline")
 FAIRNESS = (
     "same model weights: one state_dict exported with `python -m export --weights PATH` and "
     "loaded by the baseline (or the packaged ImageNet weights of efficientnet_lite0)",
@@ -23,6 +23,9 @@ FAIRNESS = (
     "tritonclient gRPC) connections, status check only in the hot loop",
     "a warm-up before every timed window, then a fixed-duration window; only requests completing "
     "inside the window count",
+    "history on vs off: the same gateway, Triton, bodies and windows, one after the other; "
+    "`gateway` runs with GATEWAY_HISTORY_URL empty, `gateway_history` stores every answer in a "
+    "new, migrated SQLite file (what `make run` uses)",
 )
 
 
@@ -34,7 +37,10 @@ class BenchResults:
     ort: OrtLimit | None = None
     triton: list[Measurement] = field(default_factory=list)
     gateway: list[Measurement] = field(default_factory=list)
+    gateway_history: list[Measurement] = field(default_factory=list)
     baseline: list[Measurement] = field(default_factory=list)
+    # The history gateway's writes over its whole stage (check, warm-ups, windows), by outcome.
+    history_writes: dict[str, int] = field(default_factory=dict)
 
 
 def _best(measurements: Sequence[Measurement]) -> float | None:
@@ -49,6 +55,31 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return round(numerator / denominator, 4)
+
+
+def history_cost(
+    off: Sequence[Measurement], on: Sequence[Measurement]
+) -> dict[str, dict[str, float | None]]:
+    """What storing every answer costs, per concurrency level measured both ways: p50 added
+    (ms) and throughput lost (% of the history-off figure; negative: it went faster)."""
+    cost: dict[str, dict[str, float | None]] = {}
+    for without in off:
+        for with_history in on:
+            if with_history.concurrency != without.concurrency:
+                continue
+            p50_off, p50_on = without.percentile(50), with_history.percentile(50)
+            ips_off, ips_on = without.throughput, with_history.throughput
+            cost[str(without.concurrency)] = {
+                "p50_off_ms": round(p50_off, 3),
+                "p50_on_ms": round(p50_on, 3),
+                "p50_added_ms": round(p50_on - p50_off, 3),
+                "ips_off": round(ips_off, 3),
+                "ips_on": round(ips_on, 3),
+                "throughput_lost_pct": (
+                    round((ips_off - ips_on) / ips_off * 100.0, 2) if ips_off else None
+                ),
+            }
+    return cost
 
 
 def to_json(results: BenchResults) -> dict[str, Any]:
@@ -71,13 +102,27 @@ def to_json(results: BenchResults) -> dict[str, Any]:
         "ort_best_batch": ort.best.batch_size if ort is not None else None,
         "triton_ips": _round(_best(results.triton)),
         "whole_path_ips": _round(whole),
+        "whole_path_history_ips": _round(_best(results.gateway_history)),
         "baseline_ips": _round(baseline),
         "batch1_latency_ms": batch1,
         "single_client_p50_ms": single_p50,
         "baseline_single_client_p50_ms": (
             round(single_base.percentile(50), 3) if single_base is not None else None
         ),
-        "errors": sum(m.errors for m in (*results.triton, *results.gateway, *results.baseline)),
+        "errors": sum(
+            m.errors
+            for m in (
+                *results.triton,
+                *results.gateway,
+                *results.gateway_history,
+                *results.baseline,
+            )
+        ),
+        "history": {
+            "backend": "sqlite" if results.gateway_history else None,
+            "by_concurrency": history_cost(results.gateway, results.gateway_history),
+            "writes": dict(results.history_writes),
+        },
         "ratios": {
             "whole_path_vs_ort_limit": _ratio(whole, ort.best.images_per_s if ort else None),
             "whole_path_vs_baseline": _ratio(whole, baseline),
@@ -94,6 +139,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
             "ort": [vars(figure) for figure in ort.figures] if ort is not None else [],
             "triton": [m.summary() for m in results.triton],
             "gateway": [m.summary() for m in results.gateway],
+            "gateway_history": [m.summary() for m in results.gateway_history],
             "baseline": [m.summary() for m in results.baseline],
         },
         "settings": results.settings,
@@ -125,6 +171,7 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
     for title, measurements in (
         ("Triton gRPC alone", results.triton),
         ("gateway + Triton", results.gateway),
+        ("+ history (SQLite)", results.gateway_history),
         ("seed baseline (Flask)", results.baseline),
     ):
         for m in measurements:
@@ -134,7 +181,8 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
                 f"{m.percentile(99):>10.1f}{m.errors:>8}"
             )
     lines += _breakdown_lines(results.gateway)
-    lines += _triton_lines(results.triton, results.gateway)
+    lines += _breakdown_lines(results.gateway_history, "whole path with history")
+    lines += _triton_lines(results.triton, results.gateway, results.gateway_history)
     ratios = document["ratios"]
     lines += [
         "",
@@ -153,6 +201,7 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
         f"inference (x{_fmt(ratios['latency_vs_batch1'])})",
         f"errors:                      {document['errors']}",
     ]
+    lines += _history_lines(document["history"])
     settings = results.settings
     if "cpu_count" in settings:
         lines.append(
@@ -165,10 +214,45 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _triton_lines(alone: Sequence[Measurement], behind_gateway: Sequence[Measurement]) -> list[str]:
+def _history_lines(history: dict[str, Any]) -> list[str]:
+    """History on vs off, per concurrency level measured both ways, and its write outcomes."""
+    cost = history["by_concurrency"]
+    if not cost:
+        return []
+    writes = history["writes"]
+    stored, failed = writes.get("stored"), writes.get("failed", 0)
+    written = (
+        "writes not read from /metrics"
+        if stored is None
+        else f"{stored} answers stored, {failed} not stored"
+    )
+    lines = [f"history on vs off ({history['backend']}; {written}):"]
+    for level, entry in cost.items():
+        lines.append(
+            f"  c={level:<3} p50 {_signed(entry['p50_added_ms'], 1)} ms "
+            f"({_fmt(entry['p50_off_ms'], 1)} -> {_fmt(entry['p50_on_ms'], 1)}), "
+            f"throughput lost {_fmt(entry['throughput_lost_pct'], 1)} % "
+            f"({_fmt(entry['ips_off'])} -> {_fmt(entry['ips_on'])} img/s)"
+        )
+    return lines
+
+
+def _signed(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def _triton_lines(
+    alone: Sequence[Measurement],
+    behind_gateway: Sequence[Measurement],
+    behind_history: Sequence[Measurement] = (),
+) -> list[str]:
     """Where Triton's time goes, from its own statistics, one line per stage and level."""
     lines = []
-    for stage, measurements in (("Triton alone", alone), ("behind gateway", behind_gateway)):
+    for stage, measurements in (
+        ("Triton alone", alone),
+        ("behind gateway", behind_gateway),
+        ("+ history", behind_history),
+    ):
         for m in measurements:
             phases = m.triton_breakdown_ms
             if "total" not in phases:
@@ -188,8 +272,11 @@ def _triton_lines(alone: Sequence[Measurement], behind_gateway: Sequence[Measure
     return lines
 
 
-def _breakdown_lines(measurements: Sequence[Measurement]) -> list[str]:
-    """Where the gateway's time goes, from its own /metrics, one line per concurrency level."""
+def _breakdown_lines(measurements: Sequence[Measurement], title: str = "whole path") -> list[str]:
+    """Where the gateway's time goes, from its own /metrics, one line per concurrency level.
+
+    With the history on, its write is part of "other" (after Triton, before the answer).
+    """
     lines = []
     for m in measurements:
         phases = m.server_breakdown_ms
@@ -204,7 +291,7 @@ def _breakdown_lines(measurements: Sequence[Measurement]) -> list[str]:
             f"{client_mean - phases['request']:.1f}"
         )
     if lines:
-        lines.insert(0, "\nwhole path, mean ms per request (gateway's /metrics, incl. warm-up):")
+        lines.insert(0, f"\n{title}, mean ms per request (gateway's /metrics, incl. warm-up):")
     return lines
 
 
@@ -222,20 +309,27 @@ def write_chart(results: BenchResults, document: dict[str, Any], path: Path) -> 
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    series = (
-        ("Triton gRPC", results.triton),
-        ("gateway + Triton", results.gateway),
-        ("seed baseline", results.baseline),
-    )
-    levels = sorted({m.concurrency for _, ms in series for m in ms})
+    # (label, colour, measurements); a stage that was not run draws nothing.
+    series = [
+        entry
+        for entry in (
+            ("Triton gRPC", "tab:blue", results.triton),
+            ("gateway + Triton", "tab:orange", results.gateway),
+            ("gateway + history", "tab:red", results.gateway_history),
+            ("seed baseline", "tab:green", results.baseline),
+        )
+        if entry[2]
+    ]
+    levels = sorted({m.concurrency for _, _, ms in series for m in ms})
     width = 0.8 / max(1, len(series))
-    for offset, (label, measurements) in enumerate(series):
+    for offset, (label, colour, measurements) in enumerate(series):
         by_level = {m.concurrency: m.throughput for m in measurements}
         left.bar(
             [i + offset * width for i in range(len(levels))],
             [by_level.get(level, 0.0) for level in levels],
             width,
             label=label,
+            color=colour,
         )
     if document["ort_limit_ips"] is not None:
         left.axhline(
@@ -251,7 +345,9 @@ def write_chart(results: BenchResults, document: dict[str, Any], path: Path) -> 
     left.set_ylabel("images / s")
     left.set_title("Throughput")
     left.legend(fontsize="small")
-    for colour, (label, measurements) in zip(("tab:orange", "tab:green"), series[1:], strict=True):
+    for label, colour, measurements in series:
+        if label == "Triton gRPC":  # gRPC with pre-made tensors: not an HTTP path
+            continue
         xs = [m.concurrency for m in measurements]
         for q, style in ((50, "-o"), (99, ":x")):
             right.plot(

@@ -1,9 +1,13 @@
-"""Stages 3 and 4 over HTTP: the gateway (gunicorn + local Triton) and the seed-style baseline.
+"""The HTTP stages: the gateway (gunicorn + local Triton), with its analysis history off and on,
+and the seed-style baseline.
 
-Both are measured identically: the same JSON bodies (base64 JPEG data URLs, built before
+All are measured identically: the same JSON bodies (base64 JPEG data URLs, built before
 any clock starts), the same API-key header, the same load generator, one checked request
 before the timed windows (the answer must parse and carry a label), then a warm-up and a
-fixed window per concurrency level.
+fixed window per concurrency level. The `gateway` stage runs with the history off (set off
+explicitly, whatever this environment says); `gateway_history` is the same gateway storing
+every answer in a new SQLite file of the run's temporary folder (migrated first), as
+`make run` does by default.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import gateway_metrics
 from bench.loadgen import HttpTarget, Measurement, sweep
@@ -30,6 +38,8 @@ TRITON_READY_TIMEOUT_S = 240.0
 GATEWAY_READY_TIMEOUT_S = 120.0
 SEED_READY_TIMEOUT_S = 180.0
 CHECK_TIMEOUT_S = 60.0
+MIGRATE_TIMEOUT_S = 30.0
+HISTORY_WRITES = "gateway_history_writes"  # the counter family (samples end in _total)
 
 
 def local_triton(model: PublishedModel, log_dir: Path) -> AbstractContextManager[TritonServer]:
@@ -46,10 +56,19 @@ def local_triton(model: PublishedModel, log_dir: Path) -> AbstractContextManager
 
 
 def gateway(
-    model: PublishedModel, triton: TritonServer, api_key: str, log_dir: Path
+    model: PublishedModel,
+    triton: TritonServer,
+    api_key: str,
+    log_dir: Path,
+    history: Mapping[str, str] | None = None,
 ) -> AbstractContextManager[GatewayServer]:
-    """Run the gateway under gunicorn (its own gunicorn.conf.py) until /ready answers 200."""
-    metrics_dir = log_dir / "gateway-prometheus"
+    """Run the gateway under gunicorn (its own gunicorn.conf.py) until /ready answers 200.
+
+    `history`: GATEWAY_HISTORY_* settings (history_database's); None: history off.
+    """
+    name = "gateway-history" if history else "gateway"
+    # Each gateway gets an empty multiprocess folder: no other run's worker files in its sums.
+    metrics_dir = log_dir / f"{name}-prometheus"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     server = GatewayServer(
         {
@@ -58,12 +77,60 @@ def gateway(
             "GATEWAY_MODEL_REPOSITORY": str(model.repository),
             "GATEWAY_API_KEYS": api_key,
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            # Off unless asked for: a GATEWAY_HISTORY_URL in our environment must not leak in.
+            "GATEWAY_HISTORY_URL": "",
+            **(history or {}),
         },
         host=HOST,
-        log_path=log_dir / "gateway.log",
+        log_path=log_dir / f"{name}.log",
         ready_path="/ready",
     )
     return serving(server, GATEWAY_READY_TIMEOUT_S)
+
+
+def history_database(directory: Path) -> dict[str, str]:
+    """Create and migrate a new SQLite history in `directory`; return the gateway's settings.
+
+    The database is what `make run` uses by default; the secret is a fresh random one.
+    """
+    from gateway.history.store import HistoryStore, HistoryUnavailable  # SQLAlchemy: only here
+
+    directory.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{directory / 'history.sqlite'}"
+    store = HistoryStore(url, MIGRATE_TIMEOUT_S)
+    try:
+        store.upgrade()
+    except HistoryUnavailable as error:
+        raise ServerError(f"the history database {url} could not be migrated: {error}") from None
+    finally:
+        store.dispose()
+    return {"GATEWAY_HISTORY_URL": url, "GATEWAY_HISTORY_SECRET": secrets.token_urlsafe(32)}
+
+
+def history_writes(port: int) -> dict[str, int]:
+    """The gateway's history writes so far, by outcome ("stored", "failed"), all workers;
+    empty when /metrics cannot be read."""
+    try:
+        with urllib.request.urlopen(
+            f"http://{HOST}:{port}/metrics", timeout=gateway_metrics.SCRAPE_TIMEOUT_S
+        ) as response:
+            text = response.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return parse_history_writes(text)
+
+
+def parse_history_writes(text: str) -> dict[str, int]:
+    """Sum gateway_history_writes_total by outcome in a Prometheus exposition."""
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != HISTORY_WRITES:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                outcome = sample.labels.get("outcome", "")
+                counts[outcome] = counts.get(outcome, 0) + int(sample.value)
+    return counts
 
 
 @contextmanager
@@ -112,8 +179,11 @@ def new_api_key() -> str:
     return secrets.token_urlsafe(24)
 
 
-def check_answer(port: int, body: bytes, headers: dict[str, str]) -> str:
-    """Send one request outside the timed window; return its label or raise ServerError."""
+def check_answer(port: int, body: bytes, headers: dict[str, str], require_id: bool = False) -> str:
+    """Send one request outside the timed window; return its label or raise ServerError.
+
+    With `require_id`, the answer must carry the id of its stored history row.
+    """
     connection = http.client.HTTPConnection(HOST, port, timeout=CHECK_TIMEOUT_S)
     try:
         connection.request("POST", "/analyze", body=body, headers=headers)
@@ -127,9 +197,12 @@ def check_answer(port: int, body: bytes, headers: dict[str, str]) -> str:
         raise ServerError(f"the check request got HTTP {response.status}: {text[:300]!r}")
     try:
         answer = json.loads(text)
-        return str(answer["label"])
+        label = str(answer["label"])
     except (ValueError, KeyError, TypeError):
         raise ServerError(f"the check request's answer has no label: {text[:300]!r}") from None
+    if require_id and not answer.get("id"):
+        raise ServerError(f"history is on but the check answer was not stored: {text[:300]!r}")
+    return label
 
 
 def _with_gateway_breakdown(
@@ -163,14 +236,16 @@ def measure_http(
     progress: Callable[[str], None] = print,
     gateway_phases: bool = False,
     triton: tuple[str, str] | None = None,
+    require_id: bool = False,
 ) -> list[Measurement]:
     """Check one answer, then sweep the concurrency levels against POST /analyze on `port`.
 
     With `gateway_phases`, each window also records the gateway's own per-phase mean times;
-    with `triton` (gRPC URL, model name), Triton's per-phase mean times as well.
+    with `triton` (gRPC URL, model name), Triton's per-phase mean times as well; with
+    `require_id`, the check answer must have been stored in the history.
     """
     headers = {"Content-Type": "application/json", "X-API-Key": api_key}
-    label = check_answer(port, bodies[0], headers)
+    label = check_answer(port, bodies[0], headers, require_id)
     progress(f"  check request answered label {label!r}")
     target = HttpTarget(
         host=HOST, port=port, path="/analyze", bodies=tuple(bodies), headers=tuple(headers.items())

@@ -1,6 +1,9 @@
 """`python -m local_stack`: publish the model if missing, start Triton and the gateway.
 
-Then print how to call it.
+Then print how to call it. The gateway keeps its analysis history by default: in
+GATEWAY_HISTORY_URL's database when that is set, else in SQLite under .cache/ (keyed by a
+development secret generated there once), migrated before the gateway starts; `--no-history`
+or an empty GATEWAY_HISTORY_URL turns it off.
 
 This is what `make run` runs. It is for a developer's machine: production runs the same
 pieces from docker-compose.yml.
@@ -18,7 +21,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -28,6 +32,14 @@ from local_triton.cli import announce_ready, announce_stopped, terminal_sink
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_KEY_FILE = REPO_ROOT / ".cache" / "dev-api-key"
+# The analysis history `make run` keeps by default (GATEWAY_HISTORY_URL overrides it), and the
+# development key of its owner hash (GATEWAY_HISTORY_SECRET(_FILE) overrides it).
+DEV_HISTORY_DB = REPO_ROOT / ".cache" / "history.sqlite"
+DEV_HISTORY_SECRET_FILE = REPO_ROOT / ".cache" / "dev-history-secret"
+HISTORY_URL = "GATEWAY_HISTORY_URL"
+HISTORY_SECRETS = ("GATEWAY_HISTORY_SECRET", "GATEWAY_HISTORY_SECRET_FILE")
+HISTORY_OFF_HINT = "--no-history or an empty GATEWAY_HISTORY_URL (`make run GATEWAY_HISTORY_URL=`)"
+MIGRATE_TIMEOUT_S = 120.0
 # In the clone, not a temp dir: a stable path to `tail -f` or attach to a bug report, which
 # survives the run; each run starts it afresh, so it does not grow across runs.
 TRITON_LOG = REPO_ROOT / ".cache" / "triton.log"
@@ -81,6 +93,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--verbose",
         action="store_true",
         help="show Triton's whole log here, not only its warnings and errors",
+    )
+    parser.add_argument(
+        "--no-history",
+        action="store_true",
+        help="do not store answers (GATEWAY_HISTORY_URL= does the same). Default: store them "
+        f"in GATEWAY_HISTORY_URL's database, else in {DEV_HISTORY_DB}",
     )
     return parser.parse_args(argv)
 
@@ -175,10 +193,111 @@ def dev_api_key() -> str:
     return key
 
 
+@dataclass(frozen=True)
+class HistoryChoice:
+    """Where the gateway stores its answers: `url` ("" = off), the GATEWAY_HISTORY_* settings
+    laid over its environment, and the one line that says so."""
+
+    url: str
+    settings: dict[str, str] = field(default_factory=dict, repr=False)
+    notice: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        """True when answers are stored."""
+        return bool(self.url)
+
+
+def dev_history_secret() -> Path:
+    """Return the development history secret's file, generated once (mode 0600) in .cache/."""
+    if DEV_HISTORY_SECRET_FILE.is_file() and DEV_HISTORY_SECRET_FILE.read_text().strip():
+        return DEV_HISTORY_SECRET_FILE
+    DEV_HISTORY_SECRET_FILE.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(DEV_HISTORY_SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    return DEV_HISTORY_SECRET_FILE
+
+
+def _where(url: str) -> str:
+    """Where a history URL stores rows, for the terminal: a SQLite file's path, else only the
+    database kind (a server URL may hold a password)."""
+    scheme, _, rest = url.partition("://")
+    if scheme == "sqlite" and rest.startswith("/"):
+        return str((REPO_ROOT / rest[1:]).resolve())  # the gateway's working directory
+    return f"the {scheme.split('+')[0]} database GATEWAY_HISTORY_URL names"
+
+
+def history_choice(no_history: bool, environ: Mapping[str, str] | None = None) -> HistoryChoice:
+    """Decide the gateway's history: off (--no-history, or GATEWAY_HISTORY_URL set empty),
+    the configured GATEWAY_HISTORY_URL, else SQLite in .cache/ with a generated dev secret."""
+    env = os.environ if environ is None else environ
+    if no_history:
+        # Set empty, not left out: a GATEWAY_HISTORY_URL in our environment must not leak in.
+        return HistoryChoice("", {HISTORY_URL: ""}, "[stack] history: off (--no-history)")
+    configured = env.get(HISTORY_URL)
+    if configured is not None and not configured.strip():
+        return HistoryChoice("", {HISTORY_URL: ""}, "[stack] history: off (GATEWAY_HISTORY_URL=)")
+    settings: dict[str, str] = {}
+    url = (configured or "").strip()
+    if not url:
+        DEV_HISTORY_DB.parent.mkdir(parents=True, exist_ok=True)
+        # Made empty (a valid new database) and private before SQLite opens it: it holds the
+        # answers, and SQLite gives its -wal and -shm files the same permissions.
+        os.close(os.open(DEV_HISTORY_DB, os.O_WRONLY | os.O_CREAT, 0o600))
+        url = f"sqlite:///{DEV_HISTORY_DB}"
+        settings[HISTORY_URL] = url
+    if not any((env.get(name) or "").strip() for name in HISTORY_SECRETS):
+        settings["GATEWAY_HISTORY_SECRET_FILE"] = str(dev_history_secret())
+    notice = (
+        f"[stack] history: answers stored in {_where(url)} (GET /analyses); off: {HISTORY_OFF_HINT}"
+    )
+    return HistoryChoice(url, settings, notice)
+
+
+def migrate_history(choice: HistoryChoice) -> None:
+    """Bring the history database's schema up to date: `python -m gateway.history upgrade`.
+
+    A subprocess, not an import: local_stack does not import the gateway (it runs it). The URL
+    goes through the environment, not the command line, which `ps` shows to everyone.
+    """
+    if not choice.enabled:
+        return
+    command = [sys.executable, "-m", "gateway.history", "upgrade"]
+    try:
+        result = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, **choice.settings, HISTORY_URL: choice.url},
+            capture_output=True,
+            text=True,
+            timeout=MIGRATE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise StackError(
+            f"migrating the history database took over {MIGRATE_TIMEOUT_S:.0f} s; "
+            f"to run without history: {HISTORY_OFF_HINT}"
+        ) from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
+        raise StackError(
+            f"the history database could not be migrated: {detail}; "
+            f"to run without history: {HISTORY_OFF_HINT}"
+        )
+
+
 def gateway_server(
-    args: argparse.Namespace, repository: Path, model: str, api_key: str
+    args: argparse.Namespace,
+    repository: Path,
+    model: str,
+    api_key: str,
+    history: Mapping[str, str] | None = None,
 ) -> GatewayServer:
-    """The gateway on --host/--port, on this Triton and model; output on the terminal."""
+    """The gateway on --host/--port, on this Triton and model; output on the terminal.
+
+    `history`: the GATEWAY_HISTORY_* settings of a HistoryChoice (none: the environment's).
+    """
     return GatewayServer(
         {
             "GATEWAY_TRITON_URL": f"127.0.0.1:{args.triton_grpc_port}",
@@ -186,6 +305,7 @@ def gateway_server(
             "GATEWAY_MODEL_REPOSITORY": str(repository),
             "GATEWAY_API_KEYS": os.environ.get("GATEWAY_API_KEYS") or api_key,
             "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="visionai-metrics-"),
+            **(history or {}),
         },
         host=args.host,
         port=args.port,
@@ -201,6 +321,10 @@ def run(args: argparse.Namespace) -> None:
     model: str = args.model if args.model is not None else choose_model(repository)
     if not has_published_version(repository, model):
         export_model(repository, model)
+    # Before Triton starts: a database that cannot be migrated fails in seconds, not minutes.
+    history = history_choice(args.no_history)
+    migrate_history(history)
+    print(history.notice, flush=True)
 
     log_file = args.triton_log.resolve()
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +352,7 @@ def run(args: argparse.Namespace) -> None:
         api_key = dev_api_key()
         # A key the operator configured is not echoed; a generated development key is shown.
         shown_key = "$GATEWAY_API_KEY" if os.environ.get("GATEWAY_API_KEYS") else api_key
-        gateway = gateway_server(args, repository, model, api_key)
+        gateway = gateway_server(args, repository, model, api_key, history.settings)
         base = gateway.url
         try:
             gateway.start()
@@ -244,7 +368,12 @@ def run(args: argparse.Namespace) -> None:
             f"[stack] API key: {shown_key}  (GATEWAY_API_KEYS, or generated in {DEV_KEY_FILE})\n"
             f"[stack] Try it:\n"
             f"  curl -s -H 'X-API-Key: {shown_key}' -F image=@photo.jpg {base}/analyze\n"
-            f"[stack] Ctrl-C stops everything.\n",
+            + (
+                f"  curl -s -H 'X-API-Key: {shown_key}' {base}/analyses   # the answers stored\n"
+                if history.enabled
+                else ""
+            )
+            + "[stack] Ctrl-C stops everything.\n",
             flush=True,
         )
         while triton.is_running() and gateway.is_running():

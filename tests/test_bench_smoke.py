@@ -1,9 +1,9 @@
 """Smoke test of `python -m bench`: every stage runs for real and gives numbers (no speed asserted).
 
 It publishes the small untrained mobilenet_v3_small with the export CLI, starts the real
-Triton, the gateway under gunicorn and the seed Flask baseline, and measures each for about
-a second. Source photos come from scikit-image, written to a temporary folder, so the test
-does not depend on ../shared/imagenet-samples.
+Triton, the gateway under gunicorn (history off, then on in SQLite) and the seed Flask
+baseline, and measures each for about a second. Source photos come from scikit-image,
+written to a temporary folder, so the test does not depend on ../shared/imagenet-samples.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ HEADLINE_KEYS = (
     "ort_limit_ips",
     "triton_ips",
     "whole_path_ips",
+    "whole_path_history_ips",
     "baseline_ips",
     "batch1_latency_ms",
     "single_client_p50_ms",
@@ -41,7 +42,7 @@ def _write_photos(folder: Path) -> None:
 
 @pytest.mark.e2e
 def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) -> None:
-    """`python -m bench --smoke` measures all four stages, writes the JSON keys and a PNG chart."""
+    """`python -m bench --smoke` measures all five stages, writes the JSON keys and a PNG chart."""
     photos = tmp_path / "photos"
     _write_photos(photos)
     json_path = tmp_path / "bench.json"
@@ -75,14 +76,29 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
     assert document["ort_best_batch"] in (1, 2)
     stages = document["stages"]
     assert [figure["batch_size"] for figure in stages["ort"]] == [1, 2]
-    for stage in ("triton", "gateway", "baseline"):
+    for stage in ("triton", "gateway", "gateway_history", "baseline"):
         assert [m["concurrency"] for m in stages[stage]] == [1, 2], stage
         assert all(m["completed"] > 0 and m["p99_ms"] >= m["p50_ms"] > 0 for m in stages[stage])
-    assert set(stages["gateway"][0]["server_breakdown_ms"]) >= {"request", "decode", "triton"}
-    for stage in ("triton", "gateway"):  # Triton's own statistics around each window
+    for stage in ("gateway", "gateway_history"):
+        assert set(stages[stage][0]["server_breakdown_ms"]) >= {"request", "decode", "triton"}
+    for stage in ("triton", "gateway", "gateway_history"):  # Triton's statistics per window
         phases = stages[stage][0]["triton_breakdown_ms"]
         assert phases["total"] >= phases["infer"] > 0 and phases["mean_batch"] >= 1, phases
     assert document["ratios"]["whole_path_vs_baseline"] > 0
+    # History on vs off: compared at both levels, and every timed answer was really stored.
+    history = document["history"]
+    assert set(history["by_concurrency"]) == {"1", "2"}
+    for entry in history["by_concurrency"].values():
+        assert entry["ips_on"] > 0 and entry["p50_on_ms"] > 0
+    completed_on = sum(m["completed"] for m in stages["gateway_history"])
+    assert history["writes"]["stored"] >= completed_on and history["writes"].get("failed", 0) == 0
+    assert set(document["settings"]["stage_seconds"]) == {
+        "ort",
+        "triton",
+        "gateway",
+        "gateway_history",
+        "baseline",
+    }
     assert document["settings"]["payload"] == "1080p"
     assert "2 photos from" in document["settings"]["payload_source"]
     run_dirs = [path for path in results_dir.iterdir() if path.name != "cache"]
@@ -90,3 +106,5 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
     assert (run_dirs[0] / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((run_dirs[0] / "results.json").read_text()) == document
     assert "whole path / baseline" in completed.stdout
+    assert "history on vs off (sqlite; " in completed.stdout
+    assert "\n  c=1   p50 " in completed.stdout

@@ -17,13 +17,13 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from torchvision import transforms
 
-from bench import cli, gateway_metrics, payloads
+from bench import cli, gateway_metrics, payloads, whole_path
 from bench.loadgen import HttpTarget, Measurement, measure
 from bench.ort_limit import BatchFigure, OrtLimit
-from bench.report import BenchResults, table, to_json
+from bench.report import STAGES, BenchResults, table, to_json, write_chart
 from bench.repository import RepositoryError, preprocess_from
 from bench.seed_server import create_app
 from bench.servers import ServerError, ServerProcess
@@ -240,6 +240,54 @@ def test_report_json_has_the_headline_keys_and_ratios() -> None:
     assert "whole path / baseline:       2.000" in table(results, document)
 
 
+def test_report_shows_history_on_vs_off_by_concurrency(tmp_path: Path) -> None:
+    """With both gateway stages, the JSON and the table give p50 added and throughput lost at
+    every level measured both ways (c=1 and c=16 by default), and the write outcomes."""
+
+    def window(concurrency: int, latency: float, count: int) -> Measurement:
+        return Measurement(concurrency, 1.0, latencies_ms=[latency] * count)
+
+    results = BenchResults(
+        settings={"model": "m"},
+        gateway=[window(1, 30.0, 100), window(4, 35.0, 200), window(16, 80.0, 400)],
+        gateway_history=[window(1, 31.5, 95), window(16, 84.0, 380)],
+        history_writes={"stored": 2000, "failed": 3},
+    )
+    document = to_json(results)
+    history = document["history"]
+    assert history["backend"] == "sqlite" and history["writes"] == {"stored": 2000, "failed": 3}
+    assert history["by_concurrency"] == {
+        "1": {
+            "p50_off_ms": 30.0,
+            "p50_on_ms": 31.5,
+            "p50_added_ms": 1.5,
+            "ips_off": 100.0,
+            "ips_on": 95.0,
+            "throughput_lost_pct": 5.0,
+        },
+        "16": {
+            "p50_off_ms": 80.0,
+            "p50_on_ms": 84.0,
+            "p50_added_ms": 4.0,
+            "ips_off": 400.0,
+            "ips_on": 380.0,
+            "throughput_lost_pct": 5.0,
+        },
+    }
+    assert document["whole_path_history_ips"] == 380.0
+    assert [m["concurrency"] for m in document["stages"]["gateway_history"]] == [1, 16]
+    text = table(results, document)
+    assert "+ history (SQLite)" in text
+    lines = text.splitlines()
+    start = lines.index("history on vs off (sqlite; 2000 answers stored, 3 not stored):")
+    assert lines[start + 1 : start + 3] == [
+        "  c=1   p50 +1.5 ms (30.0 -> 31.5), throughput lost 5.0 % (100.00 -> 95.00 img/s)",
+        "  c=16  p50 +4.0 ms (80.0 -> 84.0), throughput lost 5.0 % (400.00 -> 380.00 img/s)",
+    ]
+    write_chart(results, document, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_report_table_names_the_machine_and_its_load() -> None:
     """The table ends with the CPU model, CPU count and load averages the run recorded."""
     settings = {
@@ -257,9 +305,13 @@ def test_report_table_names_the_machine_and_its_load() -> None:
 
 def test_report_json_tolerates_skipped_stages() -> None:
     """Stages not run leave their keys null rather than failing."""
-    document = to_json(BenchResults(settings={}, gateway=[Measurement(1, 1.0, [5.0])]))
+    results = BenchResults(settings={}, gateway=[Measurement(1, 1.0, [5.0])])
+    document = to_json(results)
     assert document["ort_limit_ips"] is None and document["baseline_ips"] is None
     assert document["whole_path_ips"] == 1.0 and document["ratios"]["latency_overhead_ms"] is None
+    assert document["whole_path_history_ips"] is None
+    assert document["history"] == {"backend": None, "by_concurrency": {}, "writes": {}}
+    assert "history on vs off" not in table(results, document)
 
 
 @pytest.mark.parametrize(
@@ -288,6 +340,80 @@ def test_cli_smoke_defaults() -> None:
     assert args.concurrency == [1, 2] and args.batch_sizes == [1, 4]
     full = cli.settle(cli.parse_args([]))
     assert full.model == "resnet50" and full.concurrency == [1, 4, 16]
+    assert full.stages == list(STAGES) and "gateway_history" in full.stages
+    only = cli.settle(cli.parse_args(["--stages", "gateway,gateway_history"]))
+    assert only.stages == ["gateway", "gateway_history"]
+
+
+def test_history_writes_from_real_prometheus_exposition() -> None:
+    """The gateway's history write counter is summed by outcome; other families are ignored."""
+    registry = CollectorRegistry()
+    writes = Histogram("gateway_history_writes_decoy_seconds", "x", registry=registry)
+    writes.observe(1.0)
+    counter = Counter("gateway_history_writes", "x", ["outcome"], registry=registry)
+    counter.labels("stored").inc(41)
+    counter.labels("failed").inc(2)
+    text = generate_latest(registry).decode()
+    assert whole_path.parse_history_writes(text) == {"stored": 41, "failed": 2}
+    assert whole_path.parse_history_writes("") == {}
+
+
+class _AnswerHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with a label and, when `stored`, a history id."""
+
+    stored = False
+
+    def do_POST(self) -> None:
+        """Read the body, answer 200 JSON."""
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"label": "cat", "id": "an-id" if self.stored else None}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Stay quiet."""
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_check_answer_requires_a_stored_id_when_history_is_on(stored: bool) -> None:
+    """With require_id, an answer whose id is null (not stored) fails the check request."""
+    handler = type("Handler", (_AnswerHandler,), {"stored": stored})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        assert whole_path.check_answer(port, b"{}", {}) == "cat"
+        if stored:
+            assert whole_path.check_answer(port, b"{}", {}, require_id=True) == "cat"
+        else:
+            with pytest.raises(ServerError, match="not stored"):
+                whole_path.check_answer(port, b"{}", {}, require_id=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_history_database_is_migrated_and_the_gateway_settings_use_it(tmp_path: Path) -> None:
+    """The history stage's database: a new SQLite file, at the current schema, a fresh secret."""
+    from gateway.history.store import HistoryStore
+
+    settings = whole_path.history_database(tmp_path / "history")
+    url = settings["GATEWAY_HISTORY_URL"]
+    assert url == f"sqlite:///{tmp_path / 'history' / 'history.sqlite'}"
+    assert len(settings["GATEWAY_HISTORY_SECRET"]) >= 16
+    store = HistoryStore(url, 5.0)
+    try:
+        store.check_schema()  # raises unless migrated to the current revision
+    finally:
+        store.dispose()
+    assert (
+        whole_path.history_database(tmp_path / "other")["GATEWAY_HISTORY_SECRET"]
+        != (settings["GATEWAY_HISTORY_SECRET"])
+    )
 
 
 class _TinyClassifier(torch.nn.Module):

@@ -25,12 +25,25 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 GPU_OVERRIDE = REPO / "deploy" / "docker-compose.gpu.yml"
 ENV_EXAMPLE = REPO / "deploy" / "gateway.env.example"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+# An official PostgreSQL image pinned to one exact release on Debian bookworm.
+POSTGRES_IMAGE = re.compile(r"postgres:(\d+)\.(\d+)-bookworm")
+POSTGRES_DATA = "/var/lib/postgresql/data"
 INSTALL_HINT = (
     "no Compose implementation found: install Debian's docker-compose "
     "(`apt-get install -y --no-install-recommends docker-compose`, or `make system-deps`), "
     "or set COMPOSE_COMMAND to one (e.g. COMPOSE_COMMAND='docker compose')"
 )
 TEST_API_KEYS = "deploy-test-key-1,deploy-test-key-2"
+TEST_PASSWORD = "0123456789abcdef0123456789abcdef"
+TEST_SECRET = "deploy-test-history-secret"
+#: What compose cannot start without (each `${NAME:?message}` in the file), with test values.
+REQUIRED = {
+    "GATEWAY_API_KEYS": TEST_API_KEYS,
+    "POSTGRES_PASSWORD": TEST_PASSWORD,
+    "GATEWAY_HISTORY_SECRET": TEST_SECRET,
+}
+SERVICES = {"triton", "postgres", "history-migrate", "gateway", "prometheus", "export"}
+MIGRATE_COMMAND = ["python", "-m", "gateway.history", "upgrade"]
 
 
 def compose_command() -> list[str]:
@@ -71,7 +84,9 @@ def run_config(
     clean_env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("GATEWAY_", "COMPOSE_", "TRITON_", "PROMETHEUS_", "EXPORT_"))
+        if not key.startswith(
+            ("GATEWAY_", "COMPOSE_", "TRITON_", "PROMETHEUS_", "EXPORT_", "POSTGRES_")
+        )
     }
     clean_env.update(env or {})
     return subprocess.run(
@@ -80,8 +95,8 @@ def run_config(
 
 
 def load_config(tmp_path: Path, *files: Path) -> dict[str, Any]:
-    """Return the normalized model that `config` prints, with the test API keys set."""
-    result = run_config(tmp_path, *files, env={"GATEWAY_API_KEYS": TEST_API_KEYS})
+    """Return the normalized model that `config` prints, with the required settings set."""
+    result = run_config(tmp_path, *files, env=REQUIRED)
     assert result.returncode == 0, f"compose config failed:\n{result.stderr}"
     model = yaml.safe_load(result.stdout)
     assert isinstance(model, dict) and isinstance(model.get("services"), dict), result.stdout
@@ -139,6 +154,18 @@ def tmpfs_paths(service: Mapping[str, Any]) -> set[str]:
     return paths
 
 
+def network_names(service: Mapping[str, Any]) -> set[str]:
+    """Return the networks a service joins (list or mapping form; none named: `default`)."""
+    networks = service.get("networks")
+    return set(networks) if networks else {"default"}
+
+
+def healthcheck_disabled(service: Mapping[str, Any]) -> bool:
+    """Tell whether a service turns its image's HEALTHCHECK off (v2: disable, v1: NONE)."""
+    check = service.get("healthcheck", {})
+    return bool(check.get("disable")) or list(check.get("test", [])) == ["NONE"]
+
+
 def command_argv(service: Mapping[str, Any]) -> list[str]:
     """Return a service's command as an argv list."""
     command = service.get("command", [])
@@ -152,9 +179,9 @@ def dockerfile_of(service: Mapping[str, Any]) -> Path:
     return (context / str(build.get("dockerfile", "Dockerfile"))).resolve()
 
 
-def test_config_names_the_four_services(config: dict[str, Any]) -> None:
-    """`config` accepts the file and it defines triton, gateway, prometheus and export."""
-    assert set(config["services"]) == {"triton", "gateway", "prometheus", "export"}
+def test_config_names_the_six_services(config: dict[str, Any]) -> None:
+    """`config` accepts the file: triton, postgres, history-migrate, gateway, prometheus, export."""
+    assert set(config["services"]) == SERVICES
 
 
 def test_triton_service_runs_ngc_triton_in_poll_mode(config: dict[str, Any]) -> None:
@@ -257,6 +284,110 @@ def test_export_service_is_an_on_demand_profile(config: dict[str, Any]) -> None:
     assert not read_only
 
 
+def test_postgres_service_runs_a_pinned_official_image(config: dict[str, Any]) -> None:
+    """PostgreSQL: the official image at one exact release (major.minor) on bookworm."""
+    postgres = config["services"]["postgres"]
+    assert POSTGRES_IMAGE.fullmatch(postgres["image"]), postgres["image"]
+    assert postgres["restart"] in {"unless-stopped", "always"}
+    assert "build" not in postgres
+
+
+def test_postgres_keeps_its_data_in_a_named_volume(config: dict[str, Any]) -> None:
+    """The data directory is the named volume `postgres-data`, declared at the top level."""
+    source, read_only = mounts(config["services"]["postgres"])[POSTGRES_DATA]
+    assert source == "postgres-data" and not read_only
+    assert "postgres-data" in config["volumes"]
+
+
+def test_postgres_healthcheck_runs_pg_isready_on_its_database(config: dict[str, Any]) -> None:
+    """The health check is pg_isready for the configured role and database, over TCP."""
+    postgres = config["services"]["postgres"]
+    check = postgres["healthcheck"]
+    test = [str(part) for part in check["test"]]
+    assert test[0] == "CMD" and test[1] == "pg_isready", test
+    environment = postgres["environment"]
+    assert test[test.index("-U") + 1] == environment["POSTGRES_USER"] == "visionai"
+    assert test[test.index("-d") + 1] == environment["POSTGRES_DB"] == "visionai"
+    # The socket-only server of the image's first-start initialisation must not look ready.
+    assert test[test.index("-h") + 1] == "127.0.0.1"
+    assert {"interval", "timeout", "retries", "start_period"} <= set(check)
+
+
+def test_postgres_is_reachable_only_on_an_internal_network(config: dict[str, Any]) -> None:
+    """No published port; only on `history`, an internal network shared with the gateway and
+    the migration, not with Triton, Prometheus or the exporter."""
+    services = config["services"]
+    assert "ports" not in services["postgres"]
+    assert network_names(services["postgres"]) == {"history"}
+    assert config["networks"]["history"]["internal"] is True
+    joined = {name for name, service in services.items() if "history" in network_names(service)}
+    assert joined == {"postgres", "history-migrate", "gateway"}
+    assert "default" in network_names(services["gateway"]), "Triton and the published port"
+
+
+def test_compose_file_holds_no_password_or_secret(config: dict[str, Any]) -> None:
+    """The file itself interpolates every password and secret (`${NAME:?...}`, from the env
+    file); the rendered services get the values given, in the right places."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))["services"]
+    for name, service in raw.items():
+        for key, value in dict(service.get("environment", {})).items():
+            if "PASSWORD" in key or "SECRET" in key:
+                assert str(value).startswith(f"${{{key}:?"), (name, key, value)
+    for name in ("history-migrate", "gateway"):
+        url = raw[name]["environment"]["GATEWAY_HISTORY_URL"]
+        assert ":${POSTGRES_PASSWORD:?" in url and "@postgres:5432/" in url, (name, url)
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "POSTGRES_PASSWORD:" in text and TEST_PASSWORD not in text and TEST_SECRET not in text
+
+    services = config["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == TEST_PASSWORD
+    expected = f"postgresql+psycopg://visionai:{TEST_PASSWORD}@postgres:5432/visionai"
+    assert services["gateway"]["environment"]["GATEWAY_HISTORY_URL"] == expected
+    assert services["history-migrate"]["environment"]["GATEWAY_HISTORY_URL"] == expected
+    assert services["gateway"]["environment"]["GATEWAY_HISTORY_SECRET"] == TEST_SECRET
+    assert "GATEWAY_HISTORY_SECRET" not in services["history-migrate"]["environment"]
+
+
+def test_history_url_is_one_the_gateway_accepts(config: dict[str, Any]) -> None:
+    """The URL compose builds parses as a PostgreSQL (psycopg 3) history URL."""
+    from gateway.history.store import history_url
+
+    url = history_url(config["services"]["gateway"]["environment"]["GATEWAY_HISTORY_URL"])
+    assert url.drivername == "postgresql+psycopg"
+    assert (url.host, url.port, url.username, url.database) == (
+        "postgres",
+        5432,
+        "visionai",
+        "visionai",
+    )
+    assert url.password == TEST_PASSWORD
+
+
+def test_history_migrate_is_a_one_shot_upgrade_from_the_gateway_image(
+    config: dict[str, Any],
+) -> None:
+    """history-migrate runs `python -m gateway.history upgrade` from the gateway's own image,
+    once PostgreSQL is healthy, then exits: no restart, no port, no /ready health check."""
+    services = config["services"]
+    migrate, gateway = services["history-migrate"], services["gateway"]
+    assert command_argv(migrate) == MIGRATE_COMMAND
+    assert migrate["image"] == gateway["image"]
+    assert dockerfile_of(migrate) == dockerfile_of(gateway)
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate["restart"] == "no"
+    assert "ports" not in migrate and "profiles" not in migrate, "it runs on every `up`"
+    assert healthcheck_disabled(migrate)
+
+
+def test_gateway_waits_for_postgres_and_a_successful_migration(config: dict[str, Any]) -> None:
+    """The gateway starts only once PostgreSQL is healthy and the migration exited 0 (it
+    refuses to start on a schema that is behind)."""
+    depends_on = config["services"]["gateway"]["depends_on"]
+    assert depends_on["postgres"]["condition"] == "service_healthy"
+    assert depends_on["history-migrate"]["condition"] == "service_completed_successfully"
+    assert config["services"]["gateway"]["environment"]["GATEWAY_HISTORY_RETENTION_DAYS"] == "90"
+
+
 def test_base_file_reserves_no_gpu(config: dict[str, Any]) -> None:
     """Without the override nothing asks for a GPU, so the stack starts on CPU-only hosts."""
     assert "deploy" not in config["services"]["triton"]
@@ -268,18 +399,23 @@ def test_gpu_override_reserves_nvidia_gpus_for_triton(gpu_config: dict[str, Any]
     assert len(devices) == 1
     assert devices[0]["driver"] == "nvidia"
     assert devices[0]["capabilities"] == ["gpu"]
-    for name in ("gateway", "prometheus", "export"):
+    for name in SERVICES - {"triton"}:
         assert "deploy" not in gpu_config["services"][name]
     # The merge keeps everything else of the base file.
     assert gpu_config["services"]["triton"]["image"] == TRITON_IMAGE
 
 
-def test_missing_api_keys_stop_compose_with_a_clear_message(tmp_path: Path) -> None:
-    """Without GATEWAY_API_KEYS compose refuses to start and says which variable to set."""
-    result = run_config(tmp_path)
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_missing_required_setting_stops_compose_with_a_clear_message(
+    tmp_path: Path, missing: str
+) -> None:
+    """Without the API keys, the database password or the history secret, compose refuses to
+    start and says which variable to set and where."""
+    result = run_config(tmp_path, env={k: v for k, v in REQUIRED.items() if k != missing})
     assert result.returncode != 0
-    assert "GATEWAY_API_KEYS" in result.stderr
+    assert missing in result.stderr
     assert "gateway.env.example" in result.stderr
+    assert run_config(tmp_path).returncode != 0, "with none of them set either"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -292,22 +428,28 @@ def read_env_file(path: Path) -> dict[str, str]:
     return settings
 
 
-def test_env_example_ships_no_usable_api_key(tmp_path: Path) -> None:
-    """The example leaves GATEWAY_API_KEYS empty, so a copied-as-is file cannot start the stack."""
-    assert read_env_file(ENV_EXAMPLE)["GATEWAY_API_KEYS"] == ""
+def test_env_example_ships_no_usable_secret(tmp_path: Path) -> None:
+    """The example leaves the API keys, the database password and the history secret empty,
+    so a copied-as-is file cannot start the stack."""
+    settings = read_env_file(ENV_EXAMPLE)
+    assert {name: settings[name] for name in REQUIRED} == dict.fromkeys(REQUIRED, "")
     result = run_config(tmp_path, env_file=ENV_EXAMPLE)
     assert result.returncode != 0
-    assert "GATEWAY_API_KEYS" in result.stderr
+    assert any(name in result.stderr for name in REQUIRED)
+    # How to make the password and the secret is written next to them.
+    assert ENV_EXAMPLE.read_text(encoding="utf-8").count("openssl rand -hex 32") >= 3
 
 
 def test_env_example_settings_reach_the_services(tmp_path: Path) -> None:
     """With keys filled in, the example's settings are what the gateway and ports get."""
     filled = tmp_path / "gateway.env"
     text = ENV_EXAMPLE.read_text(encoding="utf-8")
+    for name, value in REQUIRED.items():
+        text = text.replace(f"\n{name}=\n", f"\n{name}={value}\n")
     filled.write_text(
-        text.replace("GATEWAY_API_KEYS=\n", f"GATEWAY_API_KEYS={TEST_API_KEYS}\n")
-        .replace("GATEWAY_DEFAULT_MODEL=resnet50", "GATEWAY_DEFAULT_MODEL=efficientnet_lite0")
-        .replace("GATEWAY_PORT=8080", "GATEWAY_PORT=18080"),
+        text.replace("GATEWAY_DEFAULT_MODEL=resnet50", "GATEWAY_DEFAULT_MODEL=efficientnet_lite0")
+        .replace("GATEWAY_PORT=8080", "GATEWAY_PORT=18080")
+        .replace("POSTGRES_DB=visionai", "POSTGRES_DB=history"),
         encoding="utf-8",
     )
     result = run_config(tmp_path, env_file=filled)
@@ -318,6 +460,9 @@ def test_env_example_settings_reach_the_services(tmp_path: Path) -> None:
     assert environment["GATEWAY_DEFAULT_MODEL"] == "efficientnet_lite0"
     assert published_ports(services["gateway"])[8080] == ("0.0.0.0", 18080)
     assert services["export"]["user"] == "1000:1000"
+    assert environment["GATEWAY_HISTORY_SECRET"] == TEST_SECRET
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == "history"
+    assert environment["GATEWAY_HISTORY_URL"].endswith(f":{TEST_PASSWORD}@postgres:5432/history")
 
 
 def test_env_example_names_only_variables_compose_reads() -> None:

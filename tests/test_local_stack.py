@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -32,6 +33,8 @@ UP_TIMEOUT_S = 300.0
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
 API_KEY = "stack-test-key"
 FALLBACK_NOTICE = "[stack] serving efficientnet_lite0 instead of resnet50: "
+HISTORY_SECRET = "stack-test-history-secret"
+HISTORY_NOTICE = "[stack] history: "
 Stack = tuple[str, str, list[str], subprocess.Popen[str]]
 
 
@@ -136,17 +139,29 @@ def _started_stack(
             process.wait(timeout=10)
 
 
+def _history_environment(tmp_path: Path) -> dict[str, str]:
+    """History in a fresh, unmigrated SQLite file under tmp_path, with a secret of its own
+    (so the test writes nothing into the clone's .cache/)."""
+    return {
+        "GATEWAY_HISTORY_URL": f"sqlite:///{tmp_path / 'history.sqlite'}",
+        "GATEWAY_HISTORY_SECRET": HISTORY_SECRET,
+    }
+
+
 @pytest.fixture
 def running_stack(tmp_path: Path) -> Iterator[Stack]:
-    """The stack asked for efficientnet_lite0 explicitly, on an empty repository."""
-    with _started_stack(tmp_path, ["--model", "efficientnet_lite0"], {}) as stack:
+    """The stack asked for efficientnet_lite0 explicitly, on an empty repository, its history
+    in a new SQLite file."""
+    environment = _history_environment(tmp_path)
+    with _started_stack(tmp_path, ["--model", "efficientnet_lite0"], environment) as stack:
         yield stack
 
 
 @pytest.fixture
 def offline_default_stack(tmp_path: Path) -> Iterator[Stack]:
-    """The stack with no --model, an empty repository, no network and an empty torch cache."""
-    with _started_stack(tmp_path, [], _offline_environment(tmp_path)) as stack:
+    """The stack with no --model, an empty repository, no network, an empty torch cache, and
+    --no-history."""
+    with _started_stack(tmp_path, ["--no-history"], _offline_environment(tmp_path)) as stack:
         yield stack
 
 
@@ -157,6 +172,14 @@ def _analyze_chelsea(url: str, api_key: str) -> dict[str, object]:
         data=json.dumps({"image": _chelsea_data_url()}).encode(),
         headers={"Content-Type": "application/json", "X-API-Key": api_key},
     )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer: dict[str, object] = json.load(response)
+    return answer
+
+
+def _get_json(url: str, api_key: str) -> dict[str, object]:
+    """GET a gateway URL with the API key and return the JSON answer."""
+    request = urllib.request.Request(url, headers={"X-API-Key": api_key})
     with urllib.request.urlopen(request, timeout=60) as response:
         answer: dict[str, object] = json.load(response)
     return answer
@@ -187,6 +210,17 @@ def test_run_command_exports_then_serves_analyze_and_stops_cleanly(
     assert answer["label"] in CAT_CLASSES
     assert answer["model"] == {"name": "efficientnet_lite0", "version": "1"}
 
+    # History: the stack migrated the new database, so the answer was stored and reads back.
+    history_notices = [line for line in lines if line.startswith(HISTORY_NOTICE)]
+    assert len(history_notices) == 1, output
+    assert str(tmp_path / "history.sqlite") in history_notices[0]
+    assert "--no-history" in history_notices[0]
+    assert isinstance(answer["id"], str) and answer["id"], answer
+    stored = _get_json(f"{url}/analyses/{answer['id']}", api_key)
+    assert stored["id"] == answer["id"]
+    assert stored["label"] == answer["label"] and stored["model"] == answer["model"]
+    assert stored["predictions"] == answer["predictions"]
+
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     deadline = time.monotonic() + 10  # the reader thread drains the last lines
@@ -212,6 +246,9 @@ def test_default_model_offline_falls_back_to_lite0_with_one_notice(
     answer = _analyze_chelsea(url, api_key)
     assert answer["label"] in CAT_CLASSES
     assert answer["model"] == {"name": "efficientnet_lite0", "version": "1"}
+    # --no-history: nothing stored, and the stack says so.
+    assert "id" not in answer
+    assert "[stack] history: off (--no-history)\n" in lines
 
 
 def test_explicit_resnet50_offline_fails_without_fallback(tmp_path: Path) -> None:
@@ -291,3 +328,103 @@ def test_reachable_weights_url_means_available(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def dev_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stack's development files (history database, history secret) under tmp_path."""
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(stack_cli, "DEV_HISTORY_DB", cache / "history.sqlite")
+    monkeypatch.setattr(stack_cli, "DEV_HISTORY_SECRET_FILE", cache / "dev-history-secret")
+    return cache
+
+
+def test_history_defaults_to_sqlite_in_the_cache_with_a_generated_secret(dev_cache: Path) -> None:
+    """Nothing configured: SQLite in .cache/, and a secret generated there once, mode 0600."""
+    choice = stack_cli.history_choice(False, {})
+    database, secret_file = dev_cache / "history.sqlite", dev_cache / "dev-history-secret"
+    assert choice.enabled and choice.url == f"sqlite:///{database}"
+    assert choice.settings == {
+        "GATEWAY_HISTORY_URL": choice.url,
+        "GATEWAY_HISTORY_SECRET_FILE": str(secret_file),
+    }
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600, "the answers are private too"
+    secret = secret_file.read_text().strip()
+    assert len(secret) >= 16
+    assert stack_cli.history_choice(False, {}).settings == choice.settings
+    assert secret_file.read_text().strip() == secret, "generated once, then kept"
+    assert choice.notice.startswith(HISTORY_NOTICE) and "\n" not in choice.notice
+    assert str(database) in choice.notice
+    assert "--no-history" in choice.notice and "GATEWAY_HISTORY_URL=" in choice.notice
+
+
+def test_configured_history_url_and_secret_are_kept(dev_cache: Path) -> None:
+    """A GATEWAY_HISTORY_URL of the user's is used as is (inherited, never echoed: it may hold
+    a password); a configured secret or secret file means no generated one."""
+    url = "postgresql+psycopg://visionai:hunter2-password@db.example:5432/visionai"
+    for secret in ({"GATEWAY_HISTORY_SECRET": "s" * 16}, {"GATEWAY_HISTORY_SECRET_FILE": "/s"}):
+        choice = stack_cli.history_choice(False, {"GATEWAY_HISTORY_URL": url, **secret})
+        assert choice.enabled and choice.url == url
+        assert choice.settings == {}, "the gateway inherits the user's settings unchanged"
+        assert "hunter2" not in choice.notice and "postgresql database" in choice.notice
+    assert not dev_cache.exists(), "neither a database nor a secret was made"
+    own_url = stack_cli.history_choice(False, {"GATEWAY_HISTORY_URL": url})
+    assert own_url.settings == {
+        "GATEWAY_HISTORY_SECRET_FILE": str(dev_cache / "dev-history-secret")
+    }
+
+
+@pytest.mark.parametrize(
+    "no_history, environ, reason",
+    [
+        (False, {"GATEWAY_HISTORY_URL": ""}, "GATEWAY_HISTORY_URL="),
+        (False, {"GATEWAY_HISTORY_URL": "  "}, "GATEWAY_HISTORY_URL="),
+        (True, {}, "--no-history"),
+        (True, {"GATEWAY_HISTORY_URL": "sqlite:///x.sqlite"}, "--no-history"),
+    ],
+)
+def test_history_is_off_with_an_empty_url_or_no_history(
+    dev_cache: Path, no_history: bool, environ: dict[str, str], reason: str
+) -> None:
+    """An explicitly empty GATEWAY_HISTORY_URL or --no-history: off, the URL set empty for the
+    gateway (so an inherited one cannot turn it on), and nothing made in .cache/."""
+    choice = stack_cli.history_choice(no_history, environ)
+    assert not choice.enabled
+    assert choice.settings == {"GATEWAY_HISTORY_URL": ""}
+    assert choice.notice == f"[stack] history: off ({reason})"
+    assert not dev_cache.exists()
+    stack_cli.migrate_history(choice)  # nothing to migrate: returns at once
+    assert not dev_cache.exists()
+
+
+def test_no_history_flag_and_gateway_settings(tmp_path: Path) -> None:
+    """--no-history parses; the choice's settings go over the gateway's environment."""
+    assert _stack_args("--no-history").no_history and not _stack_args().no_history
+    server = stack_cli.gateway_server(
+        _stack_args(), tmp_path, "m", "key", {"GATEWAY_HISTORY_URL": ""}
+    )
+    assert server.env["GATEWAY_HISTORY_URL"] == ""
+    assert server.env["GATEWAY_API_KEYS"]
+
+
+def test_migrate_history_upgrades_a_new_sqlite_database(tmp_path: Path) -> None:
+    """The migration (`python -m gateway.history upgrade`) leaves the schema current."""
+    from gateway.history.store import HistoryStore
+
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    stack_cli.migrate_history(stack_cli.HistoryChoice(url))
+    store = HistoryStore(url, 5.0)
+    try:
+        store.check_schema()  # raises SchemaMismatch when not current
+    finally:
+        store.dispose()
+    stack_cli.migrate_history(stack_cli.HistoryChoice(url))  # again: a no-op
+
+
+def test_a_database_that_cannot_be_migrated_stops_the_stack(tmp_path: Path) -> None:
+    """A migration failure is one StackError naming the problem and how to run without history."""
+    url = f"sqlite:///{tmp_path / 'missing-folder' / 'history.sqlite'}"
+    with pytest.raises(stack_cli.StackError, match="could not be migrated") as error:
+        stack_cli.migrate_history(stack_cli.HistoryChoice(url))
+    assert "--no-history" in str(error.value)

@@ -83,15 +83,23 @@ class NewAnalysis:
 
 
 class CircuitBreaker:
-    """After a failure, skip attempts for a pause that doubles up to a limit; reset on success."""
+    """After `threshold` failures in a row, skip attempts for a pause that doubles up to a
+    limit; one success resets it. A lone failure (a lock wait that ran out) opens nothing."""
 
     def __init__(
         self,
+        threshold: int = 3,
         first_pause_s: float = 0.5,
         max_pause_s: float = 8.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._first, self._max, self._clock = first_pause_s, max_pause_s, clock
+        self._threshold, self._first, self._max, self._clock = (
+            threshold,
+            first_pause_s,
+            max_pause_s,
+            clock,
+        )
+        self._failures = 0
         self._pause = 0.0
         self._closed_at = 0.0
         self._lock = threading.Lock()
@@ -101,15 +109,18 @@ class CircuitBreaker:
         return self._clock() >= self._closed_at
 
     def failed(self) -> None:
-        """Record a failure: no attempt for the next pause."""
+        """Record a failure: from the threshold on, no attempt for the next pause."""
         with self._lock:
+            self._failures += 1
+            if self._failures < self._threshold:
+                return
             self._pause = min(self._max, self._pause * 2 if self._pause else self._first)
             self._closed_at = self._clock() + self._pause
 
     def succeeded(self) -> None:
         """Record a success: attempts are allowed again at once."""
         with self._lock:
-            self._pause, self._closed_at = 0.0, 0.0
+            self._failures, self._pause, self._closed_at = 0, 0.0, 0.0
 
 
 class HistoryStore:
@@ -122,6 +133,10 @@ class HistoryStore:
         self._engine: Engine | None = None
         self._engine_pid = 0
         self._lock = threading.Lock()
+        # SQLite has one writer at a time per file: this process's writers take turns here
+        # (bounded by the timeout) instead of all contending for the file lock, which under
+        # load made some of them give up with "database is locked".
+        self._sqlite_writer = threading.Lock() if self.url.drivername == SQLITE else None
 
     @property
     def backend(self) -> str:
@@ -169,16 +184,14 @@ class HistoryStore:
         row_id = new_id(created)
         values = asdict(analysis)
         values["predictions"] = [dict(p) for p in analysis.predictions]
+        statement = insert(analyses).values(
+            id=row_id, created_at=created, day=created.date(), **values
+        )
         try:
-            with self.engine().begin() as connection:
-                connection.execute(
-                    insert(analyses).values(
-                        id=row_id, created_at=created, day=created.date(), **values
-                    )
-                )
-        except SQLAlchemyError as error:
+            self._write(lambda c: c.execute(statement))
+        except HistoryUnavailable as error:
             self._breaker.failed()
-            log.warning("history write failed: %s", _describe(error))
+            log.warning("history write failed: %s", error)
             return None
         self._breaker.succeeded()
         return row_id
@@ -283,11 +296,17 @@ class HistoryStore:
     def _run(self, work: Callable[[Any], Any], *, write: bool) -> Any:
         """Run `work` on a pooled connection; database errors become HistoryUnavailable."""
         engine = self.engine()
+        turn = self._sqlite_writer if write else None
+        if turn is not None and not turn.acquire(timeout=self.timeout_s):
+            raise HistoryUnavailable(f"no turn to write within {self.timeout_s} s")
         try:
             with engine.begin() if write else engine.connect() as connection:
                 return work(connection)
         except SQLAlchemyError as error:
             raise HistoryUnavailable(_describe(error)) from None
+        finally:
+            if turn is not None:
+                turn.release()
 
     def dispose(self) -> None:
         """Close this process's pooled connections."""
@@ -308,6 +327,9 @@ def _create_engine(url: URL, timeout_s: float) -> Engine:
             # WAL: readers never block the writer, so two workers' requests interleave.
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL loses no committed row when a process dies, only on a power
+            # cut; it halves an insert's cost (0.40 ms against 0.88 ms with FULL, measured).
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={milliseconds}")
             cursor.close()
 
