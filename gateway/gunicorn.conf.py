@@ -60,9 +60,11 @@ def on_starting(server: Any) -> None:
     """Validate the gateway settings in the master, and start with an empty metrics directory."""
     global _own_metrics_dir
     try:
-        Settings.from_env(os.environ)
+        settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         sys.exit(f"gateway: configuration error: {exc}")
+    if settings.history_url:
+        _check_history_schema(settings)
     if server.cfg.threads <= _server.max_inflight + _server.max_queue:
         server.log.warning(
             "GATEWAY_THREADS=%d leaves no thread beyond GATEWAY_MAX_INFLIGHT=%d + "
@@ -84,6 +86,27 @@ def on_starting(server: Any) -> None:
         for entry in os.scandir(directory):
             if entry.is_file() and entry.name.endswith(".db"):
                 os.unlink(entry.path)
+
+
+def _check_history_schema(settings: Settings) -> None:
+    """Refuse a history schema that is not current here, once, before any worker boots.
+
+    Workers check it too (create_app), but two of them exiting at once make gunicorn's master
+    crash with tracebacks instead of one clear line. A database that cannot be reached is the
+    workers' business: they start and answer with ``"id": null`` until it is back.
+    """
+    from gateway.history.migrations import SchemaMismatch
+    from gateway.history.store import HistoryStore, HistoryUnavailable
+
+    store = HistoryStore(settings.history_url, settings.history_timeout_s)
+    try:
+        store.check_schema()
+    except SchemaMismatch as exc:
+        sys.exit(f"gateway: configuration error: {exc}")
+    except HistoryUnavailable:
+        pass
+    finally:
+        store.dispose()  # no connection of the master's crosses a fork
 
 
 def child_exit(server: Any, worker: Any) -> None:
