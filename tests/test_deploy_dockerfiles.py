@@ -277,9 +277,9 @@ before = set(sys.modules)  # site start-up (.pth hooks) is not the gateway's doi
 import gateway.wsgi
 assert gateway.wsgi.app is not None
 providers = metadata.packages_distributions()
-# The gateway itself is the image's own code, not a distribution (an editable install of
-# this project would otherwise map it to visionai-serving).
-loaded = {name.split(".")[0] for name in set(sys.modules) - before} - {"gateway"}
+# The gateway and the contract are the image's own code, not distributions (an editable
+# install of this project would otherwise map them to visionai-serving).
+loaded = {name.split(".")[0] for name in set(sys.modules) - before} - {"gateway", "model_contract"}
 print(json.dumps(sorted({d for m in loaded for d in providers.get(m, [])})))
 """
 
