@@ -44,7 +44,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy model_contract export gateway local_triton local_stack bench eval tests
+	$(VENV)/bin/mypy model_contract export gateway rollout local_triton local_stack bench eval tests
 
 bench: setup
 	$(PY) -m bench

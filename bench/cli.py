@@ -8,6 +8,10 @@ Stages, in this order, one at a time on this machine:
   gateway_history
             the same with the history on (every answer stored in a new SQLite file in the
             run's temporary folder, migrated first): the report gives what it costs;
+  gateway_rollout
+            the history-off gateway with rollout routing on (GATEWAY_ROLLOUT_DIR, a new folder
+            in the run's temporary folder), measured once its controller adopted the model;
+            also times RolloutRuntime.choose + observe in-process (microseconds per request);
   baseline  the seed-style single Flask process running the same model in PyTorch.
 """
 
@@ -25,7 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from bench import ort_limit, triton_client_bench, whole_path
+from bench import ort_limit, rollout_cost, triton_client_bench, whole_path
 from bench.loadgen import LoadError
 from bench.payloads import PAYLOAD_KINDS, PayloadError, build_payloads, request_body, tensor_pool
 from bench.report import STAGES, BenchResults, table, to_json, write_chart, write_json
@@ -37,8 +41,9 @@ from local_triton import ProcessError, TritonNotInstalledError
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_MODEL = "resnet50"
 SMOKE_MODEL = "mobilenet_v3_small"
-# The gateway over HTTP with its history off, then on; in this order, on the same Triton.
-HTTP_GATEWAY_STAGES = ("gateway", "gateway_history")
+# The gateway over HTTP with its history off, then on, then history off and rollout routing
+# on; in this order, on the same Triton.
+HTTP_GATEWAY_STAGES = ("gateway", "gateway_history", "gateway_rollout")
 
 
 class UsageError(Exception):
@@ -171,7 +176,8 @@ def measure(
 ) -> BenchResults:
     """Build payloads, then run each requested stage in order and return the figures.
 
-    `workdir` is the run's temporary folder (the history stage's database goes there).
+    `workdir` is the run's temporary folder (the history stage's database and the rollout
+    stage's records go there).
     """
     payloads = build_payloads(
         args.payload, args.images, args.payload_count, args.results_dir / "cache"
@@ -230,14 +236,23 @@ def measure(
                 if stage not in args.stages:
                     continue
                 started = time.monotonic()
-                history = None
+                history = rollout = None
+                rollout_dir, stable = workdir / "rollout", ""
                 if stage == "gateway_history":
                     say("[bench] stage gateway_history: the same, history on (SQLite)")
                     history = whole_path.history_database(workdir / "history")
+                elif stage == "gateway_rollout":
+                    say("[bench] stage gateway_rollout: history off, rollout routing on")
+                    results.rollout_routing = _routing_cost(model, workdir / "rollout-micro")
+                    rollout = whole_path.rollout_directory(rollout_dir)
                 else:
                     say("[bench] stage gateway: gateway (gunicorn) + Triton over HTTP")
                 api_key = whole_path.new_api_key()
-                with whole_path.gateway(model, triton, api_key, logs, history) as gateway:
+                with whole_path.gateway(model, triton, api_key, logs, history, rollout) as gateway:
+                    if rollout is not None:
+                        # Before any request: the first ones would otherwise go unrouted.
+                        stable = whole_path.wait_for_adoption(rollout_dir, model.name)
+                        say(f"  rollout controller adopted {model.name}: stable version {stable}")
                     figures = whole_path.measure_http(
                         gateway.port,
                         bodies,
@@ -252,6 +267,12 @@ def measure(
                     if history is not None:
                         results.gateway_history = figures
                         results.history_writes = whole_path.history_writes(gateway.port)
+                    elif rollout is not None:
+                        results.gateway_rollout = figures
+                        results.rollout_stable = stable
+                        results.rollout_routed = whole_path.rollout_routed(
+                            rollout_dir, model.name, stable
+                        )
                     else:
                         results.gateway = figures
                 timed(stage, started)
@@ -265,6 +286,17 @@ def measure(
         timed("baseline", started)
     settings["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     return results
+
+
+def _routing_cost(model: PublishedModel, directory: Path) -> rollout_cost.RoutingCost:
+    """Time the rollout's per-request work in this process, before the gateway starts."""
+    cost = rollout_cost.measure(directory, model.name, model.version)
+    say(
+        f"  in-process choose + observe: {cost.us_per_request:.2f} us per request "
+        f"(best of {cost.repeats} x {cost.calls}; {cost.us_per_request_stat:.2f} us with a "
+        "stat on every call)"
+    )
+    return cost
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,8 +10,9 @@ from typing import Any
 
 from bench.loadgen import Measurement
 from bench.ort_limit import OrtLimit
+from bench.rollout_cost import RoutingCost
 
-STAGES = ("ort", "triton", "gateway", "gateway_history", "baseline")
+STAGES = ("ort", "triton", "gateway", "gateway_history", "gateway_rollout", "baseline")
 FAIRNESS = (
     "same model weights: one state_dict exported with `python -m export --weights PATH` and "
     "loaded by the baseline (or the packaged ImageNet weights of efficientnet_lite0)",
@@ -26,6 +27,9 @@ FAIRNESS = (
     "history on vs off: the same gateway, Triton, bodies and windows, one after the other; "
     "`gateway` runs with GATEWAY_HISTORY_URL empty, `gateway_history` stores every answer in a "
     "new, migrated SQLite file (what `make run` uses)",
+    "rollout routing on vs off: the same gateway (history off) with GATEWAY_ROLLOUT_DIR set to a "
+    "new folder, measured after its controller adopted the model, so every timed request is "
+    "routed by the record; its in-process cost (choose + observe) is timed on its own",
 )
 
 
@@ -38,9 +42,15 @@ class BenchResults:
     triton: list[Measurement] = field(default_factory=list)
     gateway: list[Measurement] = field(default_factory=list)
     gateway_history: list[Measurement] = field(default_factory=list)
+    gateway_rollout: list[Measurement] = field(default_factory=list)
     baseline: list[Measurement] = field(default_factory=list)
     # The history gateway's writes over its whole stage (check, warm-ups, windows), by outcome.
     history_writes: dict[str, int] = field(default_factory=dict)
+    # The version the rollout gateway routed to, and the answers its workers counted for it
+    # over the whole stage (requests, errors, timeouts).
+    rollout_stable: str | None = None
+    rollout_routed: dict[str, int] = field(default_factory=dict)
+    rollout_routing: RoutingCost | None = None
 
 
 def _best(measurements: Sequence[Measurement]) -> float | None:
@@ -57,18 +67,18 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 4)
 
 
-def history_cost(
+def on_off_cost(
     off: Sequence[Measurement], on: Sequence[Measurement]
 ) -> dict[str, dict[str, float | None]]:
-    """What storing every answer costs, per concurrency level measured both ways: p50 added
-    (ms) and throughput lost (% of the history-off figure; negative: it went faster)."""
+    """What a feature costs, per concurrency level measured both ways: p50 added (ms) and
+    throughput lost (% of the feature-off figure; negative: it went faster)."""
     cost: dict[str, dict[str, float | None]] = {}
     for without in off:
-        for with_history in on:
-            if with_history.concurrency != without.concurrency:
+        for with_feature in on:
+            if with_feature.concurrency != without.concurrency:
                 continue
-            p50_off, p50_on = without.percentile(50), with_history.percentile(50)
-            ips_off, ips_on = without.throughput, with_history.throughput
+            p50_off, p50_on = without.percentile(50), with_feature.percentile(50)
+            ips_off, ips_on = without.throughput, with_feature.throughput
             cost[str(without.concurrency)] = {
                 "p50_off_ms": round(p50_off, 3),
                 "p50_on_ms": round(p50_on, 3),
@@ -80,6 +90,32 @@ def history_cost(
                 ),
             }
     return cost
+
+
+def history_cost(
+    off: Sequence[Measurement], on: Sequence[Measurement]
+) -> dict[str, dict[str, float | None]]:
+    """What storing every answer costs, per concurrency level (on_off_cost's figures)."""
+    return on_off_cost(off, on)
+
+
+def rollout_summary(results: BenchResults) -> dict[str, Any]:
+    """Rollout routing on vs off per concurrency level, the single-client p50 it adds, the
+    answers routed, and its in-process cost per request."""
+    by_concurrency = on_off_cost(results.gateway, results.gateway_rollout)
+    single = _lowest_concurrency(results.gateway_rollout)
+    single_entry = by_concurrency.get(str(single.concurrency)) if single is not None else None
+    routing = results.rollout_routing
+    return {
+        "stable": results.rollout_stable,
+        "routed": dict(results.rollout_routed),
+        "by_concurrency": by_concurrency,
+        "single_client_p50_added_ms": (
+            single_entry["p50_added_ms"] if single_entry is not None else None
+        ),
+        "routing_us_per_request": routing.us_per_request if routing is not None else None,
+        "routing": routing.as_dict() if routing is not None else None,
+    }
 
 
 def to_json(results: BenchResults) -> dict[str, Any]:
@@ -103,6 +139,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
         "triton_ips": _round(_best(results.triton)),
         "whole_path_ips": _round(whole),
         "whole_path_history_ips": _round(_best(results.gateway_history)),
+        "whole_path_rollout_ips": _round(_best(results.gateway_rollout)),
         "baseline_ips": _round(baseline),
         "batch1_latency_ms": batch1,
         "single_client_p50_ms": single_p50,
@@ -115,6 +152,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
                 *results.triton,
                 *results.gateway,
                 *results.gateway_history,
+                *results.gateway_rollout,
                 *results.baseline,
             )
         ),
@@ -123,6 +161,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
             "by_concurrency": history_cost(results.gateway, results.gateway_history),
             "writes": dict(results.history_writes),
         },
+        "rollout": rollout_summary(results),
         "ratios": {
             "whole_path_vs_ort_limit": _ratio(whole, ort.best.images_per_s if ort else None),
             "whole_path_vs_baseline": _ratio(whole, baseline),
@@ -140,6 +179,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
             "triton": [m.summary() for m in results.triton],
             "gateway": [m.summary() for m in results.gateway],
             "gateway_history": [m.summary() for m in results.gateway_history],
+            "gateway_rollout": [m.summary() for m in results.gateway_rollout],
             "baseline": [m.summary() for m in results.baseline],
         },
         "settings": results.settings,
@@ -172,6 +212,7 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
         ("Triton gRPC alone", results.triton),
         ("gateway + Triton", results.gateway),
         ("+ history (SQLite)", results.gateway_history),
+        ("+ rollout routing", results.gateway_rollout),
         ("seed baseline (Flask)", results.baseline),
     ):
         for m in measurements:
@@ -182,7 +223,10 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
             )
     lines += _breakdown_lines(results.gateway)
     lines += _breakdown_lines(results.gateway_history, "whole path with history")
-    lines += _triton_lines(results.triton, results.gateway, results.gateway_history)
+    lines += _breakdown_lines(results.gateway_rollout, "whole path with rollout routing")
+    lines += _triton_lines(
+        results.triton, results.gateway, results.gateway_history, results.gateway_rollout
+    )
     ratios = document["ratios"]
     lines += [
         "",
@@ -202,6 +246,7 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
         f"errors:                      {document['errors']}",
     ]
     lines += _history_lines(document["history"])
+    lines += _rollout_lines(document["rollout"])
     settings = results.settings
     if "cpu_count" in settings:
         lines.append(
@@ -227,12 +272,41 @@ def _history_lines(history: dict[str, Any]) -> list[str]:
         else f"{stored} answers stored, {failed} not stored"
     )
     lines = [f"history on vs off ({history['backend']}; {written}):"]
-    for level, entry in cost.items():
+    lines += [_on_off_line(level, entry) for level, entry in cost.items()]
+    return lines
+
+
+def _on_off_line(level: Any, entry: dict[str, Any]) -> str:
+    """One concurrency level of an on-vs-off comparison."""
+    return (
+        f"  c={level:<3} p50 {_signed(entry['p50_added_ms'], 1)} ms "
+        f"({_fmt(entry['p50_off_ms'], 1)} -> {_fmt(entry['p50_on_ms'], 1)}), "
+        f"throughput lost {_fmt(entry['throughput_lost_pct'], 1)} % "
+        f"({_fmt(entry['ips_off'])} -> {_fmt(entry['ips_on'])} img/s)"
+    )
+
+
+def _rollout_lines(rollout: dict[str, Any]) -> list[str]:
+    """Rollout routing on vs off per concurrency level, and its in-process cost."""
+    lines = []
+    cost = rollout["by_concurrency"]
+    if cost:
+        routed = rollout["routed"]
+        counted = (
+            "routed answers not read from the stats files"
+            if "requests" not in routed
+            else f"{routed['requests']} answers routed to stable version {rollout['stable']}, "
+            f"{routed.get('errors', 0) + routed.get('timeouts', 0)} failed"
+        )
+        lines.append(f"rollout routing on vs off ({counted}):")
+        lines += [_on_off_line(level, entry) for level, entry in cost.items()]
+    routing = rollout["routing"]
+    if routing is not None:
         lines.append(
-            f"  c={level:<3} p50 {_signed(entry['p50_added_ms'], 1)} ms "
-            f"({_fmt(entry['p50_off_ms'], 1)} -> {_fmt(entry['p50_on_ms'], 1)}), "
-            f"throughput lost {_fmt(entry['throughput_lost_pct'], 1)} % "
-            f"({_fmt(entry['ips_off'])} -> {_fmt(entry['ips_on'])} img/s)"
+            f"rollout routing in-process:  choose + observe {routing['us_per_request']:.2f} us "
+            f"per request (best of {routing['repeats']} x {routing['calls']} calls, record "
+            f"re-checked every {routing['refresh_s']:g} s; "
+            f"{routing['us_per_request_stat']:.2f} us with a stat on every call)"
         )
     return lines
 
@@ -245,6 +319,7 @@ def _triton_lines(
     alone: Sequence[Measurement],
     behind_gateway: Sequence[Measurement],
     behind_history: Sequence[Measurement] = (),
+    behind_rollout: Sequence[Measurement] = (),
 ) -> list[str]:
     """Where Triton's time goes, from its own statistics, one line per stage and level."""
     lines = []
@@ -252,6 +327,7 @@ def _triton_lines(
         ("Triton alone", alone),
         ("behind gateway", behind_gateway),
         ("+ history", behind_history),
+        ("+ rollout", behind_rollout),
     ):
         for m in measurements:
             phases = m.triton_breakdown_ms
@@ -316,6 +392,7 @@ def write_chart(results: BenchResults, document: dict[str, Any], path: Path) -> 
             ("Triton gRPC", "tab:blue", results.triton),
             ("gateway + Triton", "tab:orange", results.gateway),
             ("gateway + history", "tab:red", results.gateway_history),
+            ("gateway + rollout", "tab:purple", results.gateway_rollout),
             ("seed baseline", "tab:green", results.baseline),
         )
         if entry[2]

@@ -1,5 +1,5 @@
 """The HTTP stages: the gateway (gunicorn + local Triton), with its analysis history off and on,
-and the seed-style baseline.
+with rollout routing on, and the seed-style baseline.
 
 All are measured identically: the same JSON bodies (base64 JPEG data URLs, built before
 any clock starts), the same API-key header, the same load generator, one checked request
@@ -7,7 +7,9 @@ before the timed windows (the answer must parse and carry a label), then a warm-
 fixed window per concurrency level. The `gateway` stage runs with the history off (set off
 explicitly, whatever this environment says); `gateway_history` is the same gateway storing
 every answer in a new SQLite file of the run's temporary folder (migrated first), as
-`make run` does by default.
+`make run` does by default. `gateway_rollout` is the history-off gateway with
+GATEWAY_ROLLOUT_DIR set to a new folder: measured only once its controller has adopted the
+model (the record names a stable version), so every timed request is routed by the record.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import secrets
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,6 +42,9 @@ GATEWAY_READY_TIMEOUT_S = 120.0
 SEED_READY_TIMEOUT_S = 180.0
 CHECK_TIMEOUT_S = 60.0
 MIGRATE_TIMEOUT_S = 30.0
+ADOPT_TIMEOUT_S = 30.0  # the controller adopts on its first cycle, a second or two after boot
+ADOPT_POLL_S = 0.1
+STATS_FLUSH_WAIT_S = 2.0  # each worker writes its counts every second (rollout/stats.py)
 HISTORY_WRITES = "gateway_history_writes"  # the counter family (samples end in _total)
 
 
@@ -61,12 +67,14 @@ def gateway(
     api_key: str,
     log_dir: Path,
     history: Mapping[str, str] | None = None,
+    rollout: Mapping[str, str] | None = None,
 ) -> AbstractContextManager[GatewayServer]:
     """Run the gateway under gunicorn (its own gunicorn.conf.py) until /ready answers 200.
 
     `history`: GATEWAY_HISTORY_* settings (history_database's); None: history off.
+    `rollout`: GATEWAY_ROLLOUT_* settings (rollout_directory's); None: rollout off.
     """
-    name = "gateway-history" if history else "gateway"
+    name = "gateway-history" if history else "gateway-rollout" if rollout else "gateway"
     # Each gateway gets an empty multiprocess folder: no other run's worker files in its sums.
     metrics_dir = log_dir / f"{name}-prometheus"
     metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +87,9 @@ def gateway(
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             # Off unless asked for: a GATEWAY_HISTORY_URL in our environment must not leak in.
             "GATEWAY_HISTORY_URL": "",
+            "GATEWAY_ROLLOUT_DIR": "",
             **(history or {}),
+            **(rollout or {}),
         },
         host=HOST,
         log_path=log_dir / f"{name}.log",
@@ -105,6 +115,67 @@ def history_database(directory: Path) -> dict[str, str]:
     finally:
         store.dispose()
     return {"GATEWAY_HISTORY_URL": url, "GATEWAY_HISTORY_SECRET": secrets.token_urlsafe(32)}
+
+
+def rollout_directory(directory: Path) -> dict[str, str]:
+    """Create a new, empty rollout folder; return the gateway's settings for it.
+
+    The controller is set on and the refresh interval to the gateway's default explicitly, so
+    neither a value in this environment nor a record of another run changes what is measured.
+    """
+    from gateway.config import Settings
+
+    directory.mkdir(parents=True, exist_ok=False)
+    return {
+        "GATEWAY_ROLLOUT_DIR": str(directory),
+        "GATEWAY_ROLLOUT_CONTROLLER": "on",
+        "GATEWAY_ROLLOUT_REFRESH_S": str(Settings.rollout_refresh_s),
+    }
+
+
+def wait_for_adoption(
+    directory: Path,
+    model: str,
+    timeout_s: float = ADOPT_TIMEOUT_S,
+    poll_s: float = ADOPT_POLL_S,
+) -> str:
+    """Wait until `<directory>/<model>.json` names a stable version; return it.
+
+    ServerError after `timeout_s`: the controller did not adopt the model (its log says why).
+    """
+    from gateway.rollout.state import RolloutError, RolloutStore
+
+    store = RolloutStore(directory)
+    deadline = time.monotonic() + timeout_s
+    problem = "no record yet"
+    while True:
+        try:
+            state = store.read(model)
+        except (RolloutError, OSError) as error:  # records are replaced atomically: unexpected
+            state, problem = None, str(error)
+        if state is not None and state.stable is not None:
+            return state.stable
+        if state is not None:
+            problem = f"the record has no stable version (phase {state.phase})"
+        if time.monotonic() >= deadline:
+            raise ServerError(
+                f"the rollout controller did not adopt {model} within {timeout_s:.0f} s "
+                f"({store.path(model)}: {problem}); see the gateway's log"
+            )
+        time.sleep(poll_s)
+
+
+def rollout_routed(directory: Path, model: str, version: str) -> dict[str, int]:
+    """The routed answers the workers counted for `model` `version` (requests, errors,
+    timeouts), from their stats files; waits for one flush first."""
+    from gateway.rollout.controller import STATS_DIR
+    from gateway.rollout.stats import read_health
+
+    # The counts live in the workers' memory until their flusher writes them, every second.
+    time.sleep(STATS_FLUSH_WAIT_S)
+    # The whole stage (check, warm-ups, windows) fits well inside the stats' 600 s memory.
+    health = read_health(directory / STATS_DIR, model, version, window_s=3600.0)
+    return {"requests": health.requests, "errors": health.errors, "timeouts": health.timeouts}
 
 
 def history_writes(port: int) -> dict[str, int]:

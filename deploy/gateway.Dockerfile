@@ -23,8 +23,13 @@ RUN pip install --only-binary=:all: -r /app/gateway/requirements.txt
 
 COPY model_contract/ /app/model_contract/
 COPY gateway/ /app/gateway/
+# The operator's rollout command line: `docker compose exec gateway python -m rollout status`.
+COPY rollout/ /app/rollout/
 COPY deploy/healthcheck.py /app/healthcheck.py
 
+# The rollout records' volume mount point, owned by the gateway user (a new named volume takes
+# the ownership of the image's directory).
+RUN mkdir -p /var/lib/visionai/rollout && chown gateway:gateway /var/lib/visionai/rollout
 USER gateway
 EXPOSE 8080
 

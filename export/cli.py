@@ -21,6 +21,7 @@ from export.calibration_defaults import (
     MIN_IMAGES_FOR_SPLIT,
 )
 from export.errors import EXIT_INTERRUPTED, EXIT_OK, ExportError, UsageError
+from export.golden import DEFAULT_GOLDEN_COUNT
 from model_contract.triton_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
 
 if TYPE_CHECKING:
@@ -41,7 +42,11 @@ preprocessed exactly as config.pbtxt records; the int8 model is then compared wi
 in ONNX Runtime on held-out photos and published only if its top-1 agrees often enough
 (--min-agreement) and it runs at least --min-speedup times as fast as fp32 on this CPU (on CPUs
 without VNNI int8 can be slower than fp32). config.pbtxt gains the parameter
-quantization = "int8-qdq-per-channel"; the input stays FP32, so clients do not change."""
+quantization = "int8-qdq-per-channel"; the input stays FP32, so clients do not change.
+
+Each version carries golden references (<version>/golden/): a few real photos (scikit-image's,
+or --golden DIR) with PyTorch's fp32 logits for them, which rollout verification compares with
+what the serving stack answers."""
 
 EPILOG = """\
 examples:
@@ -58,6 +63,8 @@ examples:
   # ... calibrated and validated on your own photos, under another name
   python -m export --model efficientnet_lite0 --quantize int8 --calibration-images photos/ \\
       --name lite0_q
+  # golden references from your own photos (their classes from DIR/index.csv)
+  python -m export --model efficientnet_lite0 --golden photos/ --golden-count 4
   # int8 vs fp32 agreement, accuracy and throughput on a labelled folder (no publishing)
   python -m export.quant_report --model efficientnet_lite0 --images ../shared/imagenet-samples
 
@@ -167,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--force", action="store_true", help="replace the --version if it already exists"
     )
+    _add_golden_arguments(parser)
     _add_quantize_arguments(parser)
     parser.add_argument(
         "--quiet", action="store_true", help="no progress lines on stderr (summary still printed)"
@@ -183,6 +191,34 @@ def _fraction(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
     return value
+
+
+def _add_golden_arguments(parser: argparse.ArgumentParser) -> None:
+    """The golden reference flags."""
+    golden = parser.add_argument_group("golden references")
+    golden.add_argument(
+        "--golden",
+        type=Path,
+        metavar="DIR",
+        help="record the golden references on your own photos: the *.jpg/*.jpeg/*.png files in "
+        "DIR by name, stored unchanged (2 MiB at most in all); their classes come from "
+        "DIR/index.csv (file,class_index,synset) for ImageNet-class models (default: "
+        "scikit-image's chelsea, coffee, rocket, astronaut and stereo_motorcycle photos)",
+    )
+    golden.add_argument(
+        "--golden-count",
+        type=_positive_int,
+        default=DEFAULT_GOLDEN_COUNT,
+        metavar="N",
+        help=f"use at most the first N photos of --golden DIR (default: {DEFAULT_GOLDEN_COUNT})",
+    )
+    golden.add_argument(
+        "--no-golden",
+        dest="golden_enabled",
+        action="store_false",
+        help="record no golden references (hand-made or special exports; rollout verification "
+        "then refuses the version)",
+    )
 
 
 def _add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -324,14 +360,26 @@ def format_summary(result: ExportResult) -> str:
                 if result.quantization
                 else []
             ),
+            f"  golden:        {_golden_line(result)}",
             f"  config:        {result.config_path} ({config_note})",
-            "Load it:",
-            f"  python -m local_triton --model-repository {repository}",
-            f"  curl -s -X POST http://127.0.0.1:8000/v2/repository/models/{result.name}/load"
-            "   # explicit model control",
-            f"  curl -s http://127.0.0.1:8000/v2/models/{result.name}/versions/"
-            f"{result.version}/ready",
+            "Serve it:",
+            "  a gateway with rollout on (make run, compose) verifies it and applies the "
+            "model's policy:",
+            f"  python -m rollout status {result.name}",
+            f"  (without rollout: python -m local_triton --model-repository {repository})",
         ]
+    )
+
+
+def _golden_line(result: ExportResult) -> str:
+    """The summary's line about the version's golden references."""
+    golden = result.golden
+    if golden is None:
+        return "none (--no-golden): rollout verification will refuse this version"
+    return (
+        f"{golden.images} photos from {golden.origin}, {golden.bytes / 1024:.0f} KiB in "
+        f"{result.version_dir / 'golden'}; references {golden.reference}, logit tolerance "
+        f"{golden.logit_tolerance:g}"
     )
 
 

@@ -5,6 +5,9 @@ model_contract.triton_config). check_options is the one place the options are ch
 and the Python API both reach it through export_and_publish, before any heavy work.
 With `--quantize int8` the validated fp32 model is written to a scratch directory instead, and
 quant_step turns it into the staged int8 model.onnx (calibrated, validated against fp32).
+Before the commit, golden (unless --no-golden) writes the version's golden references into
+staging, so the version appears with them. An existing config.pbtxt's version_policy belongs to
+rollout: the rewritten config keeps it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from export.architectures import DEFAULT_MODEL, check_architecture
-from export.errors import UsageError
+from export.errors import RepositoryError, UsageError
+from export.golden import (
+    DEFAULT_GOLDEN_COUNT,
+    GoldenRecord,
+    check_golden_options,
+    collect_photos,
+    record_golden,
+)
 from export.model_labels import IMAGENET_CLASSES
 from export.onnx_export import OnnxInfo, export_onnx, inspect_onnx
 from export.progress import Progress
@@ -39,6 +49,7 @@ from model_contract.triton_config import (
     DEFAULT_MAX_QUEUE_DELAY_US,
     TritonModelConfig,
     render_config,
+    version_policy_line,
 )
 
 DEFAULT_REPOSITORY = Path("model_repository")
@@ -60,6 +71,9 @@ class ExportOptions:
     offline: bool = False
     parity: ParityPolicy = field(default_factory=ParityPolicy)
     quantize: QuantizeOptions | None = None
+    golden: Path | None = None  # the user's golden photos; None: scikit-image's
+    golden_count: int = DEFAULT_GOLDEN_COUNT
+    golden_enabled: bool = True
 
     @property
     def model_name(self) -> str:
@@ -89,6 +103,12 @@ class ExportResult:
     preprocessing: Preprocessing
     num_classes: int
     quantization: QuantizationOutcome | None = None
+    golden: GoldenRecord | None = None
+
+    @property
+    def golden_images(self) -> int:
+        """How many golden photos the version carries (0 with --no-golden)."""
+        return self.golden.images if self.golden is not None else 0
 
 
 def check_options(options: ExportOptions) -> None:
@@ -106,6 +126,7 @@ def check_options(options: ExportOptions) -> None:
     check_repository_usable(options.repository)
     if options.quantize is not None:
         check_quantize_options(options.quantize)
+    check_golden_options(options.golden, options.golden_count, options.golden_enabled)
     check_version_free(options.repository / options.model_name, options.version, options.force)
 
 
@@ -141,11 +162,20 @@ def export_and_publish(options: ExportOptions, progress: Progress | None = None)
                     progress,
                 )
             onnx_info = inspect_onnx(publisher.onnx_path)
+        golden = (
+            _record_golden(options, resolved, publisher.staging_dir, publisher.onnx_path, progress)
+            if options.golden_enabled
+            else None
+        )
         config = _triton_config(options, resolved, onnx_info)
+        metadata = _export_metadata(resolved, onnx_info, report, quantization)
+        if golden is not None:
+            metadata["golden"] = golden.as_dict()
         published = publisher.commit(
             labels_text=render_labels(resolved.labels),
-            config_text=render_config(config),
-            metadata=_export_metadata(resolved, onnx_info, report, quantization),
+            config_text=render_config(config)
+            + kept_version_policy(publisher.model_dir / CONFIG_FILE, progress),
+            metadata=metadata,
         )
     model_path = published.version_dir / onnx_info.path.name
     return ExportResult(
@@ -165,7 +195,56 @@ def export_and_publish(options: ExportOptions, progress: Progress | None = None)
         preprocessing=resolved.preprocessing,
         num_classes=resolved.num_classes,
         quantization=quantization,
+        golden=golden,
     )
+
+
+def _record_golden(
+    options: ExportOptions,
+    resolved: ResolvedModel,
+    staging_dir: Path,
+    onnx_path: Path,
+    progress: Progress,
+) -> GoldenRecord:
+    """Write the version's golden references into staging (before the commit publishes it)."""
+    origin, photos = collect_photos(options.golden, options.golden_count)
+    with progress.step(f"Recording golden references ({len(photos)} photos)"):
+        return record_golden(
+            staging_dir,
+            resolved.module,
+            resolved.labels,
+            resolved.preprocessing,
+            onnx_path,
+            photos,
+            origin=origin,
+            imagenet_labels=_imagenet_labels(options, resolved),
+            quantized=options.quantize is not None,
+            progress=progress,
+        )
+
+
+def kept_version_policy(config_path: Path, progress: Progress | None = None) -> str:
+    """The `version_policy` line of the existing config.pbtxt, to append to the new one; or "".
+
+    Which versions Triton serves is rollout's decision, recorded in config.pbtxt: a new export
+    rewrites the rest of the config but must not start serving versions rollout holds back.
+    """
+    try:
+        text = config_path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as error:
+        raise RepositoryError(f"cannot read the existing {config_path}: {error}") from None
+    try:
+        return version_policy_line(text)
+    except Exception as error:  # protobuf's ParseError: only the contract may name its module
+        # Triton cannot load such a config either: it is replaced, as before, with a warning.
+        if progress is not None:
+            progress.info(
+                f"Existing {config_path} does not parse ({error}): rewritten without keeping "
+                "any version_policy it had"
+            )
+        return ""
 
 
 def _export_and_validate(
@@ -185,8 +264,12 @@ def _quantize_options_for(
     quantize: QuantizeOptions, options: ExportOptions, resolved: ResolvedModel
 ) -> QuantizeOptions:
     """Labelled accuracy only makes sense for ImageNet's 1000 classes in ImageNet's order."""
-    imagenet_classes = options.labels is None and resolved.num_classes == IMAGENET_CLASSES
-    return replace(quantize, use_labels=quantize.use_labels and imagenet_classes)
+    return replace(quantize, use_labels=quantize.use_labels and _imagenet_labels(options, resolved))
+
+
+def _imagenet_labels(options: ExportOptions, resolved: ResolvedModel) -> bool:
+    """True when the classes are ImageNet's 1000 in standard order (no --labels renamed them)."""
+    return options.labels is None and resolved.num_classes == IMAGENET_CLASSES
 
 
 def _triton_config(

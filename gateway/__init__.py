@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from flask_cors import CORS
@@ -17,7 +17,7 @@ from flask_cors import CORS
 from gateway import analyses, routes, telemetry
 from gateway.admission import AdmissionGate
 from gateway.auth import ApiKeyAuth
-from gateway.backend import InferenceBackend
+from gateway.backend import InferenceBackend, ModelLoader
 from gateway.classifier import Classifier
 from gateway.config import PREFIX, ConfigError, Settings
 from gateway.errors import register_error_handlers
@@ -26,6 +26,9 @@ from gateway.labels import LabelStore
 from gateway.logs import configure_logging
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import KeyRateLimiter, parse_rate_limit
+
+if TYPE_CHECKING:
+    from gateway.rollout.routing import RolloutRuntime
 
 log = logging.getLogger("gateway")
 #: create_app config key for an InferenceBackend to use instead of Triton (tests).
@@ -71,6 +74,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     metrics = GatewayMetrics()
     history = _history(settings)
+    rollout = _rollout(settings, classifier, backend, metrics)
     app.extensions[routes.EXTENSION] = routes.Services(
         settings=settings,
         classifier=classifier,
@@ -83,6 +87,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             KeyRateLimiter(parse_rate_limit(settings.rate_limit)) if settings.rate_limit else None
         ),
         history=history,
+        rollout=rollout,
     )
     register_error_handlers(app)
     telemetry.init_app(app, metrics, classifier.is_known_model)
@@ -100,6 +105,48 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if history is not None and history.purger is not None:
         history.purger.start()
     return app
+
+
+def _rollout(
+    settings: Settings, classifier: Classifier, backend: InferenceBackend, metrics: GatewayMetrics
+) -> RolloutRuntime | None:
+    """Routing by the rollout records (and their controller) when GATEWAY_ROLLOUT_DIR is set."""
+    if settings.rollout_dir is None:
+        return None
+    from gateway.rollout.controller import STATS_DIR, RolloutController
+    from gateway.rollout.routing import RolloutRuntime
+    from gateway.rollout.state import RolloutStore
+    from gateway.rollout.stats import WorkerStats
+
+    store = RolloutStore(settings.rollout_dir)
+    try:
+        (settings.rollout_dir / STATS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"GATEWAY_ROLLOUT_DIR={str(settings.rollout_dir)!r} cannot be created or written: "
+            f"{error.strerror or error}"
+        ) from None
+    runtime = RolloutRuntime(
+        store, WorkerStats(settings.rollout_dir / STATS_DIR), refresh_s=settings.rollout_refresh_s
+    )
+    if settings.rollout_controller:
+        if not isinstance(backend, ModelLoader):
+            raise ConfigError("GATEWAY_ROLLOUT_CONTROLLER=on needs a backend that loads models")
+        controller = RolloutController(
+            store,
+            classifier,
+            backend,
+            on_event=lambda model, action: metrics.rollout_events.labels(model, action).inc(),
+            on_model=lambda model: _zero_alerted_events(metrics, model),
+        )
+        controller.start()
+    return runtime
+
+
+def _zero_alerted_events(metrics: GatewayMetrics, model: str) -> None:
+    """Start the events the alerts watch at 0, so that their first increase is visible."""
+    for action in ("rollback-automatic", "verify-failed"):
+        metrics.rollout_events.labels(model, action)
 
 
 def _history(settings: Settings) -> analyses.History | None:

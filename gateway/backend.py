@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 # Re-exported: the seam's tensors are the contract's, for backends and their fakes alike.
 from model_contract.preprocessing import FloatArray as FloatArray
@@ -67,6 +67,21 @@ class InferenceBackend(Protocol):
 
     def is_ready(self, name: str) -> bool:
         """True when the server is reachable and ``name`` is ready; never raises."""
+        ...
+
+    def repository_index(self) -> list[ModelVersionState]:
+        """Every model version in the server's repository with its state."""
+        ...
+
+
+@runtime_checkable
+class ModelLoader(Protocol):
+    """What rollout needs to keep exactly the versions it routes to loaded (explicit mode)."""
+
+    def load_versions(
+        self, name: str, config_text: str, versions: tuple[int, ...], timeout_s: float
+    ) -> None:
+        """Load `name` with exactly `versions`; raises a GatewayError when Triton refuses."""
         ...
 
     def repository_index(self) -> list[ModelVersionState]:

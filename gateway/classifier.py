@@ -136,7 +136,9 @@ class Classifier:
         if cached is not None and cached.expires_at > now and not refresh:
             return cached
         spec = self.backend.model_spec(name, version)
-        served = ServedModel(spec, preprocessing_of(spec.parameters, name), now + self._ttl_s)
+        own = self.labels.preprocessing(name, spec.version)
+        preprocessing = own if own is not None else preprocessing_of(spec.parameters, name)
+        served = ServedModel(spec, preprocessing, now + self._ttl_s)
         _check_interface(served)
         with self._lock:
             self._models[key] = served

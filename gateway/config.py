@@ -38,6 +38,12 @@ GATEWAY_HISTORY_SECRET          the key of the HMAC that turns an API key into t
 GATEWAY_HISTORY_SECRET_FILE     a file holding it instead
 GATEWAY_HISTORY_RETENTION_DAYS  rows older than this are deleted; 0 = keep them (90)
 GATEWAY_HISTORY_TIMEOUT_S       bound of every history connection and statement (2)
+GATEWAY_ROLLOUT_DIR             rollout records (docs/rollout.md): new versions are verified
+                                before they get traffic, canary/shadow/promote/rollback with
+                                ``python -m rollout``; needs Triton in explicit model-control
+                                mode; empty = off: Triton's newest version answers (off)
+GATEWAY_ROLLOUT_REFRESH_S       how old a worker's copy of a record may be (0.5, at most 2)
+GATEWAY_ROLLOUT_CONTROLLER      on/off (on): run the controller loop (one acts per machine)
 ==============================  ==========================================================
 
 gunicorn's settings (``ServerSettings``, applied by gateway/gunicorn.conf.py):
@@ -106,6 +112,9 @@ class Settings:
     history_secret: bytes = field(default=b"", repr=False)
     history_retention_days: int = 90
     history_timeout_s: float = 2.0
+    rollout_dir: Path | None = None  # None: rollout off
+    rollout_refresh_s: float = 0.5
+    rollout_controller: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -154,6 +163,9 @@ class Settings:
                 "HISTORY_RETENTION_DAYS", cls.history_retention_days, minimum=0, maximum=36500
             ),
             history_timeout_s=env.number("HISTORY_TIMEOUT_S", cls.history_timeout_s, maximum=60),
+            rollout_dir=Path(rollout_dir) if (rollout_dir := env.raw("ROLLOUT_DIR")) else None,
+            rollout_refresh_s=env.number("ROLLOUT_REFRESH_S", cls.rollout_refresh_s, maximum=2),
+            rollout_controller=env.boolean("ROLLOUT_CONTROLLER", cls.rollout_controller),
         )
 
 

@@ -1,4 +1,4 @@
-"""Class names from the model repository, as the contract lays them out.
+"""Class names (and each version's own preprocessing) from the model repository.
 
 Labels follow the version that answered, so a hot swap to a version (or model) with other
 classes changes the answers' names without restarting the gateway. Entries are cached per
@@ -14,9 +14,11 @@ import threading
 from pathlib import Path
 
 from gateway.errors import ModelMisconfigured
+from model_contract.errors import ContractError
 from model_contract.files import LABELS_FILE, is_valid_model_name
 from model_contract.labels import LabelsError, read_labels
-from model_contract.repository import is_version_name, labels_path
+from model_contract.preprocessing import Preprocessing
+from model_contract.repository import is_version_name, labels_path, version_preprocessing
 
 log = logging.getLogger("gateway.labels")
 _MAX_CACHED = 256
@@ -53,6 +55,27 @@ class LabelStore:
                 self._cache.clear()
             self._cache[key] = (signature, labels)
         return labels
+
+    @property
+    def repository(self) -> Path:
+        """The repository directory the files are read from."""
+        return self._repository
+
+    def preprocessing(self, name: str, version: str) -> Preprocessing | None:
+        """The preprocessing `version` of `name` recorded for itself, None when it has none.
+
+        Two versions of one model may preprocess differently (config.pbtxt is model-level);
+        export records each version's own in `<version>/export.json`.
+        """
+        if not is_valid_model_name(name) or not is_version_name(version):
+            raise ModelMisconfigured(f"Cannot look up model {name!r} version {version!r}.")
+        try:
+            return version_preprocessing(self._repository / name, version)
+        except ContractError as error:
+            log.error("%s", error)
+            raise ModelMisconfigured(
+                f"Model {name!r} version {version} has unusable preprocessing."
+            ) from None
 
     def _locate(self, name: str, version: str) -> Path:
         # Both parts come from Triton's answer, but they also become path components here.

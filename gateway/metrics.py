@@ -91,6 +91,34 @@ class GatewayMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.version_requests = Counter(
+            "gateway_model_version_requests_total",
+            "/analyze answers by model, the version that answered (or was routed to), its "
+            "rollout role (stable, candidate, pinned) and outcome (ok, client_error, error).",
+            ["model", "version", "role", "outcome"],
+            registry=registry,
+        )
+        self.version_seconds = Histogram(
+            "gateway_model_version_duration_seconds",
+            "Seconds of /analyze's classification (decode to labels) by model and version.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rollout_events = Counter(
+            "gateway_rollout_events_total",
+            "Rollout changes made by this gateway's controller, by model and action "
+            "(adopt, candidate, verified, verify-failed, canary, promote, rollback, "
+            "rollback-automatic).",
+            ["model", "action"],
+            registry=registry,
+        )
+        self.shadow_comparisons = Counter(
+            "gateway_rollout_shadow_requests_total",
+            "Requests also sent to the other version for a shadow comparison, by model.",
+            ["model"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight",
             "HTTP requests being processed right now (all routes).",

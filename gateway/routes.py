@@ -14,15 +14,17 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from gateway import telemetry
 from gateway.admission import AdmissionGate
 from gateway.auth import ApiKeyAuth, presented_key
-from gateway.classifier import Classifier, StageTimings
+from gateway.classifier import Attempt, Classifier, StageTimings
 from gateway.config import Settings
-from gateway.errors import Overloaded, TooManyRequests, json_error
+from gateway.errors import GatewayError, Overloaded, TooManyRequests, json_error
 from gateway.metrics import GatewayMetrics
 from gateway.payload import read_analyze_request
 from gateway.ratelimit import KeyRateLimiter
 
 if TYPE_CHECKING:
     from gateway.analyses import History  # analyses' views import this module
+    from gateway.rollout.routing import RolloutRuntime, Route
+    from gateway.rollout.state import RolloutState
 
 bp = Blueprint("gateway", __name__)
 View = TypeVar("View", bound=Callable[..., Any])
@@ -40,6 +42,7 @@ class Services:
     admission: AdmissionGate
     rate_limiter: KeyRateLimiter | None = None  # None: GATEWAY_RATE_LIMIT is off
     history: History | None = None  # None: GATEWAY_HISTORY_URL is off
+    rollout: RolloutRuntime | None = None  # None: GATEWAY_ROLLOUT_DIR is off
 
 
 def services() -> Services:
@@ -117,10 +120,26 @@ def analyze() -> Response:
     # Reading the body (JSON or multipart parsing, base64) counts as decoding.
     read = StageTimings(decode_s=time.perf_counter() - started)
     name = parsed.model or svc.settings.default_model
-    attempt = svc.classifier.classify(parsed.image, name, parsed.version, parsed.top_k)
+    version = parsed.version
+    # Unpinned requests go where the model's rollout record says (stable, or the canary's
+    # share to the candidate); without a record Triton's newest version answers.
+    route = svc.rollout.choose(name) if svc.rollout is not None and version is None else None
+    if route is not None:
+        version = route.version
+    classified = time.perf_counter()
+    attempt = svc.classifier.classify(parsed.image, name, version, parsed.top_k)
+    seconds = time.perf_counter() - classified
     timings = read + attempt.timings
     telemetry.report(telemetry.Analysis(name, attempt.version, timings))
+    _count_version(svc, name, version or attempt.version, route, attempt, seconds)
     result = attempt.result()
+    rollout = svc.rollout
+    if (
+        route is not None
+        and rollout is not None
+        and rollout.shadow(svc.classifier, name, route, parsed.image, result)
+    ):
+        svc.metrics.shadow_comparisons.labels(name).inc()
     predictions = [prediction._asdict() for prediction in result.predictions]
     answer: dict[str, Any] = {
         "label": predictions[0]["label"],
@@ -139,6 +158,32 @@ def analyze() -> Response:
     return jsonify(answer)
 
 
+def _count_version(
+    svc: Services,
+    name: str,
+    version: str | None,
+    route: Route | None,
+    attempt: Attempt,
+    seconds: float,
+) -> None:
+    """Per-version metrics, and the rollout's health counts of a routed answer."""
+    if route is not None and svc.rollout is not None:
+        svc.rollout.observe(name, route, attempt, seconds)
+    if version is None or not svc.classifier.is_known_model(name):
+        return  # a model never served (maybe a typo) must not become a metrics label
+    error = attempt.error
+    if error is None:
+        outcome = "ok"
+    elif isinstance(error, GatewayError) and error.status < 500:
+        outcome = "client_error"
+    else:
+        outcome = "error"
+    role = route.role if route is not None else "pinned"
+    svc.metrics.version_requests.labels(name, version, role, outcome).inc()
+    if error is None:
+        svc.metrics.version_seconds.labels(name, version).observe(seconds)
+
+
 @bp.get("/models")
 @require_api_key
 @rate_limited
@@ -150,10 +195,40 @@ def models() -> Response:
         versions = grouped.setdefault(row.name, [])
         if row.version or row.state:
             versions.append({"version": row.version, "state": row.state, "reason": row.reason})
-    return jsonify(
-        default_model=svc.settings.default_model,
-        models=[{"name": name, "versions": versions} for name, versions in sorted(grouped.items())],
-    )
+    listed = []
+    for name, versions in sorted(grouped.items()):
+        entry: dict[str, Any] = {"name": name, "versions": versions}
+        if svc.rollout is not None:
+            entry["rollout"] = _rollout_view(svc.rollout.state(name))
+        listed.append(entry)
+    return jsonify(default_model=svc.settings.default_model, models=listed)
+
+
+def _rollout_view(state: RolloutState | None) -> dict[str, Any] | None:
+    """What /models says of a model's rollout: stable, candidate, split, latest verification."""
+    if state is None:
+        return None
+    verification = state.verifications.get(state.candidate or "") if state.candidate else None
+    return {
+        "stable": state.stable,
+        "previous": state.previous,
+        "candidate": state.candidate,
+        "phase": state.phase,
+        "split": state.split(),
+        "shadow_percent": state.shadow_percent,
+        "promotion": state.policy.promotion,
+        "candidate_verification": (
+            None
+            if verification is None
+            else {
+                "passed": verification.get("passed"),
+                "reasons": verification.get("reasons", []),
+                "fidelity": verification.get("fidelity"),
+                "quality": verification.get("quality"),
+            }
+        ),
+        "updated": state.events[-1].at if state.events else None,
+    }
 
 
 @bp.get("/health")

@@ -148,6 +148,24 @@ class TritonBackend:
         except GatewayError:
             return False
 
+    def load_versions(
+        self, name: str, config_text: str, versions: tuple[int, ...], timeout_s: float
+    ) -> None:
+        """Explicit mode: (re)load `name` so that exactly `versions` are served.
+
+        The model's config.pbtxt with a specific version policy is handed to Triton as the
+        load's config; the file itself is not changed. Triton loads new versions before it
+        unloads old ones, and keeps loaded versions whose files did not change.
+        """
+        from google.protobuf import json_format
+
+        from model_contract.triton_config import with_specific_versions
+
+        config = json_format.MessageToJson(
+            with_specific_versions(config_text, versions), preserving_proto_field_name=True
+        )
+        self._call("model load", name, "load_model", name, config=config, client_timeout=timeout_s)
+
     def repository_index(self) -> list[ModelVersionState]:
         """Every model and version in Triton's repository index with its state."""
         index = self._call("repository index", None, "get_model_repository_index")

@@ -5,6 +5,12 @@ GATEWAY_HISTORY_URL's database when that is set, else in SQLite under .cache/ (k
 development secret generated there once), migrated before the gateway starts; `--no-history`
 or an empty GATEWAY_HISTORY_URL turns it off.
 
+Safe rollout is on by default (docs/rollout.md): Triton runs in explicit model-control mode with
+the served model loaded at start, and the gateway keeps its rollout records in .cache/rollout,
+so a version published while the stack runs is verified before it gets traffic. `--no-rollout`
+(or an empty GATEWAY_ROLLOUT_DIR) turns it off: Triton then polls the repository and serves
+each published version within seconds, unchecked.
+
 This is what `make run` runs. It is for a developer's machine: production runs the same
 pieces from docker-compose.yml.
 """
@@ -12,8 +18,10 @@ pieces from docker-compose.yml.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -45,6 +53,7 @@ MIGRATE_TIMEOUT_S = 120.0
 TRITON_LOG = REPO_ROOT / ".cache" / "triton.log"
 READY_TIMEOUT_S = 180.0
 # What `python -m local_triton` defaults to: poll the repository every 5 s, drain for 5 s.
+# Polling is only for --no-rollout: with rollout, Triton loads what the controller asks for.
 TRITON_POLL_SECONDS = 5
 TRITON_EXIT_TIMEOUT_S = 5
 # Served when --model is not given: ResNet50 when its weights can be had, else Lite0, whose
@@ -52,6 +61,19 @@ TRITON_EXIT_TIMEOUT_S = 5
 DEFAULT_MODEL = "resnet50"
 FALLBACK_MODEL = "efficientnet_lite0"
 WEIGHTS_PROBE_TIMEOUT_S = 5.0
+# The rollout records `make run` keeps (GATEWAY_ROLLOUT_DIR or --rollout-dir override it): outside
+# the model repository, which Triton watches, and writable by the gateway. A record names
+# versions of one repository, so another --repository gets a directory of its own.
+DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
+DEV_ROLLOUT_DIR = REPO_ROOT / ".cache" / "rollout"
+ROLLOUT_DIR = "GATEWAY_ROLLOUT_DIR"
+ROLLOUT_COMMAND = ".venv/bin/python -m rollout"
+ROLLOUT_OFF_NOTICE = (
+    "[stack] Rollout: off ({reason}): Triton polls the repository; a published version "
+    "replaces the served one within seconds, unchecked"
+)
+# What the rollout CLI assumes when --triton-url is not given (gateway/rollout/cli.py).
+ROLLOUT_CLI_TRITON_GRPC_PORT = 8001
 
 
 class StackError(Exception):
@@ -73,7 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repository",
         type=Path,
-        default=REPO_ROOT / "model_repository",
+        default=DEFAULT_REPOSITORY,
         help="Triton model repository. Default: %(default)s",
     )
     parser.add_argument(
@@ -99,6 +121,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="do not store answers (GATEWAY_HISTORY_URL= does the same). Default: store them "
         f"in GATEWAY_HISTORY_URL's database, else in {DEV_HISTORY_DB}",
+    )
+    parser.add_argument(
+        "--no-rollout",
+        action="store_true",
+        help="no safe rollout (GATEWAY_ROLLOUT_DIR= does the same): Triton polls the repository, "
+        "so a version published while the stack runs replaces the served one within seconds, "
+        "unchecked. Default: rollout on (docs/rollout.md): Triton in explicit model-control "
+        "mode, and each new version is verified before it gets traffic",
+    )
+    parser.add_argument(
+        "--rollout-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the gateway keeps the rollout records (GATEWAY_ROLLOUT_DIR). Default: "
+        f"$GATEWAY_ROLLOUT_DIR, else {DEV_ROLLOUT_DIR} for the default --repository and "
+        f"{DEV_ROLLOUT_DIR}-<hash of its path> for another one",
     )
     return parser.parse_args(argv)
 
@@ -163,15 +201,25 @@ def export_model(repository: Path, model: str) -> None:
         )
 
 
-def triton_server(args: argparse.Namespace, repository: Path, log_file: Path) -> TritonServer:
-    """Triton for the stack: whole log to `log_file`, here all of it (--verbose) or W/E lines."""
+def triton_server(
+    args: argparse.Namespace, repository: Path, log_file: Path, load_model: str | None = None
+) -> TritonServer:
+    """Triton for the stack: whole log to `log_file`, here all of it (--verbose) or W/E lines.
+
+    Poll mode without `load_model` (--no-rollout); with it, explicit mode with that model loaded
+    at start: the rollout controller then loads the versions of every model it routes to.
+    """
+    # Explicit for rollout: in poll mode Triton would load a newly published version by itself
+    # (and unload stable) before it was verified, and it refuses the load API the controller
+    # uses to keep exactly stable, previous stable and the candidate loaded.
     return TritonServer(
         repository,
         http_port=args.triton_http_port,
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
-        model_control_mode="poll",
-        poll_seconds=TRITON_POLL_SECONDS,
+        model_control_mode="poll" if load_model is None else "explicit",
+        poll_seconds=TRITON_POLL_SECONDS,  # used in poll mode only
+        load_models=() if load_model is None else (load_model,),
         exit_timeout_seconds=TRITON_EXIT_TIMEOUT_S,
         log_sink=terminal_sink(quiet=not args.verbose),
         log_file=log_file,
@@ -287,16 +335,97 @@ def migrate_history(choice: HistoryChoice) -> None:
         )
 
 
+@dataclass(frozen=True)
+class RolloutChoice:
+    """Whether the gateway runs safe rollout: the records' `directory` (None = off), and the
+    one line that says so."""
+
+    directory: Path | None
+    notice: str
+
+    @property
+    def enabled(self) -> bool:
+        """True when new versions are verified before they get traffic."""
+        return self.directory is not None
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """GATEWAY_ROLLOUT_DIR for the gateway: set empty when off, so an inherited one cannot
+        turn rollout on over a Triton in poll mode."""
+        return {ROLLOUT_DIR: "" if self.directory is None else str(self.directory)}
+
+
+def default_rollout_dir(repository: Path) -> Path:
+    """The records' directory for `repository` (resolved): .cache/rollout for the clone's own,
+    else one per repository, since a record names versions of one repository only."""
+    if repository == DEFAULT_REPOSITORY.resolve():
+        return DEV_ROLLOUT_DIR
+    digest = hashlib.sha256(str(repository).encode()).hexdigest()[:12]
+    return DEV_ROLLOUT_DIR.with_name(f"{DEV_ROLLOUT_DIR.name}-{digest}")
+
+
+def rollout_status_command(directory: Path, repository: Path, triton_grpc_port: int) -> str:
+    """The command that shows the records; it names the repository and Triton's address when
+    they are not the rollout CLI's defaults, so that the other subcommands work after it too."""
+    options = [f"--state-dir {shlex.quote(str(directory))}"]
+    if repository != DEFAULT_REPOSITORY.resolve():
+        options.append(f"--repository {shlex.quote(str(repository))}")
+    if triton_grpc_port != ROLLOUT_CLI_TRITON_GRPC_PORT:
+        options.append(f"--triton-url 127.0.0.1:{triton_grpc_port}")
+    return f"{ROLLOUT_COMMAND} {' '.join(options)} status"
+
+
+def rollout_choice(
+    args: argparse.Namespace, repository: Path, environ: Mapping[str, str] | None = None
+) -> RolloutChoice:
+    """Decide rollout: off (--no-rollout, or GATEWAY_ROLLOUT_DIR set empty), else on, with its
+    records in --rollout-dir, GATEWAY_ROLLOUT_DIR or default_rollout_dir(); made here."""
+    env = os.environ if environ is None else environ
+    if args.no_rollout:
+        return RolloutChoice(None, ROLLOUT_OFF_NOTICE.format(reason="--no-rollout"))
+    configured = env.get(ROLLOUT_DIR)
+    if args.rollout_dir is None and configured is not None and not configured.strip():
+        return RolloutChoice(None, ROLLOUT_OFF_NOTICE.format(reason=f"{ROLLOUT_DIR}="))
+    if args.rollout_dir is not None:
+        directory = args.rollout_dir
+    elif configured:
+        directory = Path(configured.strip())
+    else:
+        directory = default_rollout_dir(repository)
+    directory = directory.resolve()
+    if directory.is_relative_to(repository):
+        # Triton would take it for a model (and every record change for a repository change).
+        raise StackError(
+            f"the rollout directory {directory} is inside the model repository {repository}: "
+            "give --rollout-dir a directory outside it"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StackError(
+            f"cannot create the rollout directory {directory} ({error.strerror}): give "
+            "--rollout-dir a writable directory, or run without rollout: --no-rollout"
+        ) from None
+    command = rollout_status_command(directory, repository, args.triton_grpc_port)
+    return RolloutChoice(
+        directory,
+        f"[stack] Rollout: on, a published version is verified before it gets traffic; "
+        f"records in {directory}; see them: {command}  (off: --no-rollout)",
+    )
+
+
 def gateway_server(
     args: argparse.Namespace,
     repository: Path,
     model: str,
     api_key: str,
     history: Mapping[str, str] | None = None,
+    rollout: Mapping[str, str] | None = None,
 ) -> GatewayServer:
     """The gateway on --host/--port, on this Triton and model; output on the terminal.
 
-    `history`: the GATEWAY_HISTORY_* settings of a HistoryChoice (none: the environment's).
+    `history`, `rollout`: the GATEWAY_HISTORY_* settings of a HistoryChoice and the
+    GATEWAY_ROLLOUT_DIR of a RolloutChoice (none: the environment's).
     """
     return GatewayServer(
         {
@@ -306,6 +435,7 @@ def gateway_server(
             "GATEWAY_API_KEYS": os.environ.get("GATEWAY_API_KEYS") or api_key,
             "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="visionai-metrics-"),
             **(history or {}),
+            **(rollout or {}),
         },
         host=args.host,
         port=args.port,
@@ -325,13 +455,14 @@ def run(args: argparse.Namespace) -> None:
     history = history_choice(args.no_history)
     migrate_history(history)
     print(history.notice, flush=True)
+    rollout = rollout_choice(args, repository)
 
     log_file = args.triton_log.resolve()
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.unlink(missing_ok=True)
     shown = "also shown here" if args.verbose else "shown here: warnings and errors; --verbose: all"
     print(f"[stack] Triton's full log: {log_file} ({shown})", flush=True)
-    triton = triton_server(args, repository, log_file)
+    triton = triton_server(args, repository, log_file, model if rollout.enabled else None)
     gateway: GatewayServer | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -352,7 +483,9 @@ def run(args: argparse.Namespace) -> None:
         api_key = dev_api_key()
         # A key the operator configured is not echoed; a generated development key is shown.
         shown_key = "$GATEWAY_API_KEY" if os.environ.get("GATEWAY_API_KEYS") else api_key
-        gateway = gateway_server(args, repository, model, api_key, history.settings)
+        gateway = gateway_server(
+            args, repository, model, api_key, history.settings, rollout.settings
+        )
         base = gateway.url
         try:
             gateway.start()
@@ -373,6 +506,7 @@ def run(args: argparse.Namespace) -> None:
                 if history.enabled
                 else ""
             )
+            + f"{rollout.notice}\n"
             + "[stack] Ctrl-C stops everything.\n",
             flush=True,
         )

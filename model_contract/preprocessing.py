@@ -94,6 +94,23 @@ class Preprocessing:
             "preprocess_interpolation": self.interpolation,
         }
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Preprocessing:
+        """Read `as_dict`'s JSON view back (export.json); ContractError when unusable."""
+        try:
+            mean, std = values["mean"], values["std"]
+            return cls(
+                resize_size=int(values["resize_size"]),
+                crop_size=int(values["crop_size"]),
+                mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+                std=(float(std[0]), float(std[1]), float(std[2])),
+                interpolation=str(values.get("interpolation", "bilinear")).lower(),
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            if isinstance(error, ContractError):
+                raise
+            raise ContractError(f"malformed preprocessing record: {error!r}") from None
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (export.json)."""
         return {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from model_contract.files import LABELS_FILE
+from model_contract.errors import ContractError
+from model_contract.files import LABELS_FILE, PROVENANCE_FILE
+from model_contract.preprocessing import Preprocessing
 
 
 def is_version_name(name: str) -> bool:
@@ -35,3 +38,25 @@ def labels_path(model_dir: Path, version: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def version_preprocessing(model_dir: Path, version: str) -> Preprocessing | None:
+    """The preprocessing a version recorded for itself (`<version>/export.json`), if any.
+
+    None when the version has no provenance file or it names no preprocessing (a version
+    written by hand): its model's config.pbtxt parameters apply. ContractError when the record
+    exists but cannot be used.
+    """
+    path = model_dir / version / PROVENANCE_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ContractError(f"cannot read {path}: {error}") from None
+    values = record.get("preprocessing") if isinstance(record, dict) else None
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise ContractError(f"{path}: 'preprocessing' is not an object")
+    return Preprocessing.from_dict(values)

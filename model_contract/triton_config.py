@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,3 +147,31 @@ def parameters_of(config: Any) -> dict[str, str]:
 def config_parameters(text: str) -> dict[str, str]:
     """The string parameters of a config.pbtxt text."""
     return parameters_of(parse_config(text))
+
+
+def with_specific_versions(text: str, versions: Sequence[int]) -> Any:
+    """The config of `text` (a config.pbtxt) with `version_policy { specific { versions } }`.
+
+    Rollout loads exactly the versions it routes to (stable, candidate, previous stable) by
+    handing this config to Triton's explicit-mode load; config.pbtxt itself is not changed.
+    """
+    if not versions or any(version < 1 for version in versions):
+        raise ContractError(f"a specific version policy needs positive versions, got {versions}")
+    config = parse_config(text)
+    config.version_policy.specific.versions[:] = sorted(set(versions))
+    return config
+
+
+def version_policy_line(text: str) -> str:
+    """The `version_policy` of config.pbtxt `text` as one config line, or "" when it has none.
+
+    Export re-renders config.pbtxt with each publish; a version policy in it belongs to the
+    operator (docs/rollout.md) and is carried over unchanged with this line.
+    """
+    from google.protobuf import text_format
+
+    config = parse_config(text)
+    if not config.HasField("version_policy"):
+        return ""
+    policy = text_format.MessageToString(config.version_policy, as_one_line=True)
+    return f"version_policy {{ {policy} }}\n"

@@ -77,11 +77,15 @@ def check_lite0_parameters(parameters: dict[str, str]) -> None:
     assert parameters["model_trained"] == "true"
 
 
-def check_published_layout(model_dir: Path) -> None:
-    """A model directory as the contract lays it out: config, labels and a complete version 1."""
+def check_published_layout(model_dir: Path, golden: bool = True) -> None:
+    """A model directory as the contract lays it out: config, labels and a complete version 1.
+
+    `golden`: the version carries its golden/ references (every CLI export without --no-golden).
+    """
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == [
         "export.json",
+        *(["golden"] if golden else []),
         "labels.txt",
         "model.onnx",
     ]

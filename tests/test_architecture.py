@@ -18,6 +18,7 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     "model_contract": set(),
     "export": {"model_contract"},
     "gateway": {"model_contract"},
+    "rollout": {"model_contract", "gateway"},
     "local_triton": {"model_contract"},
     "local_stack": {"model_contract", "local_triton", "export"},
     "eval": {"model_contract"},

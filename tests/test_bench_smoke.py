@@ -1,9 +1,10 @@
 """Smoke test of `python -m bench`: every stage runs for real and gives numbers (no speed asserted).
 
 It publishes the small untrained mobilenet_v3_small with the export CLI, starts the real
-Triton, the gateway under gunicorn (history off, then on in SQLite) and the seed Flask
-baseline, and measures each for about a second. Source photos come from scikit-image,
-written to a temporary folder, so the test does not depend on ../shared/imagenet-samples.
+Triton, the gateway under gunicorn (history off, then on in SQLite, then history off with
+rollout routing on) and the seed Flask baseline, and measures each for about a second.
+Source photos come from scikit-image, written to a temporary folder, so the test does not
+depend on ../shared/imagenet-samples.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ HEADLINE_KEYS = (
     "triton_ips",
     "whole_path_ips",
     "whole_path_history_ips",
+    "whole_path_rollout_ips",
     "baseline_ips",
     "batch1_latency_ms",
     "single_client_p50_ms",
@@ -42,7 +44,7 @@ def _write_photos(folder: Path) -> None:
 
 @pytest.mark.e2e
 def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) -> None:
-    """`python -m bench --smoke` measures all five stages, writes the JSON keys and a PNG chart."""
+    """`python -m bench --smoke` measures all six stages, writes the JSON keys and a PNG chart."""
     photos = tmp_path / "photos"
     _write_photos(photos)
     json_path = tmp_path / "bench.json"
@@ -76,12 +78,12 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
     assert document["ort_best_batch"] in (1, 2)
     stages = document["stages"]
     assert [figure["batch_size"] for figure in stages["ort"]] == [1, 2]
-    for stage in ("triton", "gateway", "gateway_history", "baseline"):
+    for stage in ("triton", "gateway", "gateway_history", "gateway_rollout", "baseline"):
         assert [m["concurrency"] for m in stages[stage]] == [1, 2], stage
         assert all(m["completed"] > 0 and m["p99_ms"] >= m["p50_ms"] > 0 for m in stages[stage])
-    for stage in ("gateway", "gateway_history"):
+    for stage in ("gateway", "gateway_history", "gateway_rollout"):
         assert set(stages[stage][0]["server_breakdown_ms"]) >= {"request", "decode", "triton"}
-    for stage in ("triton", "gateway", "gateway_history"):  # Triton's statistics per window
+    for stage in ("triton", "gateway", "gateway_history", "gateway_rollout"):  # per window
         phases = stages[stage][0]["triton_breakdown_ms"]
         assert phases["total"] >= phases["infer"] > 0 and phases["mean_batch"] >= 1, phases
     assert document["ratios"]["whole_path_vs_baseline"] > 0
@@ -92,11 +94,21 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
         assert entry["ips_on"] > 0 and entry["p50_on_ms"] > 0
     completed_on = sum(m["completed"] for m in stages["gateway_history"])
     assert history["writes"]["stored"] >= completed_on and history["writes"].get("failed", 0) == 0
+    # Rollout on vs off: compared at both levels, every timed answer routed to the adopted
+    # version (the workers' own counts), and the in-process cost measured.
+    rollout = document["rollout"]
+    assert set(rollout["by_concurrency"]) == {"1", "2"}
+    assert rollout["stable"] == document["settings"]["version"]
+    routed = sum(m["completed"] for m in stages["gateway_rollout"])
+    assert rollout["routed"]["requests"] >= routed and rollout["routed"]["errors"] == 0
+    assert isinstance(rollout["single_client_p50_added_ms"], float)
+    assert 0 < rollout["routing_us_per_request"] <= rollout["routing"]["us_per_request_stat"]
     assert set(document["settings"]["stage_seconds"]) == {
         "ort",
         "triton",
         "gateway",
         "gateway_history",
+        "gateway_rollout",
         "baseline",
     }
     assert document["settings"]["payload"] == "1080p"
@@ -108,3 +120,5 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
     assert "whole path / baseline" in completed.stdout
     assert "history on vs off (sqlite; " in completed.stdout
     assert "\n  c=1   p50 " in completed.stdout
+    assert "rollout routing on vs off (" in completed.stdout
+    assert "rollout routing in-process:  choose + observe " in completed.stdout

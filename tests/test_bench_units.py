@@ -20,11 +20,12 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from torchvision import transforms
 
-from bench import cli, gateway_metrics, payloads, whole_path
+from bench import cli, gateway_metrics, payloads, rollout_cost, whole_path
 from bench.loadgen import HttpTarget, Measurement, measure
 from bench.ort_limit import BatchFigure, OrtLimit
-from bench.report import STAGES, BenchResults, table, to_json, write_chart
+from bench.report import STAGES, BenchResults, rollout_summary, table, to_json, write_chart
 from bench.repository import RepositoryError, preprocess_from
+from bench.rollout_cost import RoutingCost
 from bench.seed_server import create_app
 from bench.servers import ServerError, ServerProcess
 from model_contract.triton_config import config_parameters
@@ -311,7 +312,172 @@ def test_report_json_tolerates_skipped_stages() -> None:
     assert document["whole_path_ips"] == 1.0 and document["ratios"]["latency_overhead_ms"] is None
     assert document["whole_path_history_ips"] is None
     assert document["history"] == {"backend": None, "by_concurrency": {}, "writes": {}}
-    assert "history on vs off" not in table(results, document)
+    assert document["whole_path_rollout_ips"] is None
+    assert document["rollout"] == {
+        "stable": None,
+        "routed": {},
+        "by_concurrency": {},
+        "single_client_p50_added_ms": None,
+        "routing_us_per_request": None,
+        "routing": None,
+    }
+    text = table(results, document)
+    assert "history on vs off" not in text and "rollout routing" not in text
+
+
+def _routing_cost() -> RoutingCost:
+    return RoutingCost(
+        calls=100_000,
+        repeats=3,
+        refresh_s=0.5,
+        us_per_request=2.5,
+        us_per_request_runs=(2.7, 2.5, 2.6),
+        us_per_request_stat=8.25,
+    )
+
+
+def test_report_shows_rollout_on_vs_off_and_its_in_process_cost(tmp_path: Path) -> None:
+    """With the rollout stage, the JSON and the table give p50 added and throughput lost at
+    every level measured both ways, the single-client p50 added, the answers routed, and the
+    in-process microseconds per request of choose + observe."""
+
+    def window(concurrency: int, latency: float, count: int) -> Measurement:
+        return Measurement(concurrency, 1.0, latencies_ms=[latency] * count)
+
+    results = BenchResults(
+        settings={"model": "m"},
+        gateway=[window(1, 30.0, 100), window(4, 35.0, 200), window(16, 80.0, 400)],
+        gateway_history=[window(1, 31.5, 95)],
+        gateway_rollout=[window(1, 30.25, 99), window(16, 79.0, 404)],
+        rollout_stable="3",
+        rollout_routed={"requests": 700, "errors": 1, "timeouts": 1},
+        rollout_routing=_routing_cost(),
+    )
+    document = to_json(results)
+    rollout = document["rollout"]
+    assert rollout["stable"] == "3" and rollout["routed"]["requests"] == 700
+    assert rollout["by_concurrency"] == {
+        "1": {
+            "p50_off_ms": 30.0,
+            "p50_on_ms": 30.25,
+            "p50_added_ms": 0.25,
+            "ips_off": 100.0,
+            "ips_on": 99.0,
+            "throughput_lost_pct": 1.0,
+        },
+        "16": {
+            "p50_off_ms": 80.0,
+            "p50_on_ms": 79.0,
+            "p50_added_ms": -1.0,
+            "ips_off": 400.0,
+            "ips_on": 404.0,
+            "throughput_lost_pct": -1.0,
+        },
+    }
+    assert rollout["single_client_p50_added_ms"] == 0.25
+    assert rollout["routing_us_per_request"] == 2.5
+    assert rollout["routing"]["us_per_request_median"] == 2.6
+    assert rollout["routing"]["us_per_request_runs"] == [2.7, 2.5, 2.6]
+    assert rollout == rollout_summary(results)
+    # The history comparison is unchanged by the third stage: it stays against `gateway`.
+    assert set(document["history"]["by_concurrency"]) == {"1"}
+    assert document["whole_path_rollout_ips"] == 404.0
+    assert [m["concurrency"] for m in document["stages"]["gateway_rollout"]] == [1, 16]
+    assert json.loads(json.dumps(document)) == document  # strict JSON, no tuples or NaN
+    text = table(results, document)
+    assert "+ rollout routing" in text
+    lines = text.splitlines()
+    start = lines.index(
+        "rollout routing on vs off (700 answers routed to stable version 3, 2 failed):"
+    )
+    assert lines[start + 1 : start + 4] == [
+        "  c=1   p50 +0.2 ms (30.0 -> 30.2), throughput lost 1.0 % (100.00 -> 99.00 img/s)",
+        "  c=16  p50 -1.0 ms (80.0 -> 79.0), throughput lost -1.0 % (400.00 -> 404.00 img/s)",
+        "rollout routing in-process:  choose + observe 2.50 us per request (best of 3 x 100000 "
+        "calls, record re-checked every 0.5 s; 8.25 us with a stat on every call)",
+    ]
+    write_chart(results, document, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_gives_the_routing_cost_without_the_http_stages() -> None:
+    """The in-process figure is reported on its own; the on/off comparison needs both stages."""
+    results = BenchResults(
+        settings={}, gateway_rollout=[Measurement(1, 1.0, [5.0])], rollout_routing=_routing_cost()
+    )
+    document = to_json(results)
+    assert document["rollout"]["by_concurrency"] == {}
+    assert document["rollout"]["single_client_p50_added_ms"] is None
+    assert document["rollout"]["routing_us_per_request"] == 2.5
+    text = table(results, document)
+    assert "rollout routing on vs off" not in text
+    assert "rollout routing in-process:  choose + observe 2.50 us per request" in text
+
+
+def test_routing_cost_times_choose_and_observe_on_a_real_record(tmp_path: Path) -> None:
+    """The microbenchmark routes through a record made by adopt and counts every call."""
+    from gateway.rollout.state import RolloutStore
+    from gateway.rollout.stats import read_health
+
+    cost = rollout_cost.measure(tmp_path, "m", "3", calls=500, repeats=2)
+    assert cost.calls == 500 and cost.repeats == 2 and cost.refresh_s == 0.5
+    assert len(cost.us_per_request_runs) == 2
+    assert cost.us_per_request == min(cost.us_per_request_runs) > 0
+    assert cost.us_per_request_stat > 0
+    state = RolloutStore(tmp_path / "records").read("m")
+    assert state is not None and state.stable == "3"
+    # Warm-up and timed calls at the default refresh, then at refresh 0: every one observed.
+    health = read_health(tmp_path / "stats", "m", "3", window_s=3600.0)
+    assert health.requests == 2 * rollout_cost.WARMUP_CALLS + 3 * 500
+    assert health.failures == 0
+
+
+def test_wait_for_adoption_returns_the_stable_version_once_recorded(tmp_path: Path) -> None:
+    """The rollout stage waits for the controller's record, and gives up with a message."""
+    from gateway.rollout.state import RolloutState, RolloutStore, adopt
+
+    store = RolloutStore(tmp_path)
+    with pytest.raises(ServerError, match=r"did not adopt m within 0 s .*no record yet"):
+        whole_path.wait_for_adoption(tmp_path, "m", timeout_s=0.2, poll_s=0.05)
+    store.update("m", lambda _current: RolloutState(model="m"))
+    with pytest.raises(ServerError, match="no stable version"):
+        whole_path.wait_for_adoption(tmp_path, "m", timeout_s=0.2, poll_s=0.05)
+    timer = threading.Timer(0.2, store.update, ("m", lambda _s: adopt("m", "7", "test", 1.0)))
+    timer.start()
+    try:
+        assert whole_path.wait_for_adoption(tmp_path, "m", timeout_s=10.0, poll_s=0.05) == "7"
+    finally:
+        timer.join()
+
+
+def test_rollout_directory_is_new_and_the_routed_answers_are_read_from_stats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage's folder must be new; routed answers are summed over the workers' files."""
+    from gateway.rollout.controller import STATS_DIR
+    from gateway.rollout.stats import Outcome, WorkerStats
+
+    settings = whole_path.rollout_directory(tmp_path / "rollout")
+    assert settings == {
+        "GATEWAY_ROLLOUT_DIR": str(tmp_path / "rollout"),
+        "GATEWAY_ROLLOUT_CONTROLLER": "on",
+        "GATEWAY_ROLLOUT_REFRESH_S": "0.5",
+    }
+    with pytest.raises(FileExistsError):
+        whole_path.rollout_directory(tmp_path / "rollout")
+    workers: dict[str, list[Outcome]] = {"w1": ["ok", "ok", "error"], "w2": ["ok", "timeout"]}
+    for worker, outcomes in workers.items():
+        stats = WorkerStats(tmp_path / "rollout" / STATS_DIR, name=worker)
+        for outcome in outcomes:
+            stats.record_request("m", "2", outcome, 0.01)
+        stats.record_request("m", "1", "ok", 0.01)  # another version: not counted
+        stats.close()
+    monkeypatch.setattr(whole_path, "STATS_FLUSH_WAIT_S", 0.0)
+    assert whole_path.rollout_routed(tmp_path / "rollout", "m", "2") == {
+        "requests": 5,
+        "errors": 1,
+        "timeouts": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -341,6 +507,7 @@ def test_cli_smoke_defaults() -> None:
     full = cli.settle(cli.parse_args([]))
     assert full.model == "resnet50" and full.concurrency == [1, 4, 16]
     assert full.stages == list(STAGES) and "gateway_history" in full.stages
+    assert "gateway_rollout" in full.stages
     only = cli.settle(cli.parse_args(["--stages", "gateway,gateway_history"]))
     assert only.stages == ["gateway", "gateway_history"]
 

@@ -44,6 +44,9 @@ REQUIRED = {
 }
 SERVICES = {"triton", "postgres", "history-migrate", "gateway", "prometheus", "export"}
 MIGRATE_COMMAND = ["python", "-m", "gateway.history", "upgrade"]
+ROLLOUT_DIR = "/var/lib/visionai/rollout"
+ROLLOUT_VOLUME = "rollout"
+GATEWAY_DOCKERFILE = REPO / "deploy" / "gateway.Dockerfile"
 
 
 def compose_command() -> list[str]:
@@ -184,18 +187,21 @@ def test_config_names_the_six_services(config: dict[str, Any]) -> None:
     assert set(config["services"]) == SERVICES
 
 
-def test_triton_service_runs_ngc_triton_in_poll_mode(config: dict[str, Any]) -> None:
-    """Triton: the NGC 24.10 image, poll mode every 5 s, strict readiness, the repo at /models."""
+def test_triton_service_runs_ngc_triton_in_explicit_mode(config: dict[str, Any]) -> None:
+    """Triton: the NGC 24.10 image, explicit model control with every model loaded at start
+    (rollout loads the versions it routes to; poll mode would swap them unchecked), strict
+    readiness, the repo at /models."""
     triton = config["services"]["triton"]
     assert triton["image"] == TRITON_IMAGE
     argv = command_argv(triton)
     assert argv[0] == "tritonserver"
     assert set(argv[1:]) == {
         "--model-repository=/models",
-        "--model-control-mode=poll",
-        "--repository-poll-secs=5",
+        "--model-control-mode=explicit",
+        "--load-model=*",
         "--strict-readiness=true",
     }
+    assert not any("poll" in arg for arg in argv)
     assert triton["restart"] in {"unless-stopped", "always"}
 
 
@@ -228,6 +234,50 @@ def test_gateway_service_environment(config: dict[str, Any]) -> None:
     assert environment["GATEWAY_TRITON_URL"] == "triton:8001"
     assert environment["GATEWAY_MODEL_REPOSITORY"] == "/models"
     assert environment["GATEWAY_API_KEYS"] == TEST_API_KEYS
+    assert environment["GATEWAY_ROLLOUT_DIR"] == ROLLOUT_DIR
+
+
+def test_gateway_keeps_rollout_records_on_a_named_read_write_volume(
+    config: dict[str, Any],
+) -> None:
+    """GATEWAY_ROLLOUT_DIR is the named volume `rollout`, read-write, declared at the top level,
+    outside /models (Triton would see it), mounted by no other service."""
+    services = config["services"]
+    assert mounts(services["gateway"])[ROLLOUT_DIR] == (ROLLOUT_VOLUME, False)
+    assert ROLLOUT_VOLUME in config["volumes"]
+    assert not ROLLOUT_DIR.startswith("/models/")
+    for name, service in services.items():
+        if name != "gateway":
+            sources = {source for source, _ in mounts(service).values()}
+            assert ROLLOUT_VOLUME not in sources, f"{name} mounts the rollout records"
+
+
+def test_gateway_rollout_settings_are_ones_the_gateway_accepts(config: dict[str, Any]) -> None:
+    """The rendered gateway environment parses (gateway.config.Settings): rollout on, records on
+    the volume, refreshed every 0.5 s, the controller on; the repository read-only beside it."""
+    from gateway.config import Settings
+
+    environment = config["services"]["gateway"]["environment"]
+    settings = Settings.from_env({key: str(value) for key, value in environment.items()})
+    assert settings.rollout_dir == Path(ROLLOUT_DIR)
+    assert settings.rollout_refresh_s == 0.5 and settings.rollout_controller
+    assert mounts(config["services"]["gateway"])["/models"][1], "the repository stays read-only"
+
+
+def test_gateway_image_owns_the_rollout_mount_point() -> None:
+    """The image creates GATEWAY_ROLLOUT_DIR and gives it to its unprivileged user before USER:
+    a new named volume takes that directory's owner, else root's and the gateway cannot write."""
+    text = GATEWAY_DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    before_user = text.split("\nUSER gateway", 1)[0]
+    runs = [line for line in before_user.splitlines() if line.startswith("RUN ")]
+    assert any(
+        f"mkdir -p {ROLLOUT_DIR}" in run
+        and re.search(rf"chown\s+(-R\s+)?(gateway|10001)(:\S+)?\s+{ROLLOUT_DIR}", run)
+        for run in runs
+    ), (
+        f"deploy/gateway.Dockerfile must create {ROLLOUT_DIR} for the gateway user before "
+        f"`USER gateway`: RUN mkdir -p {ROLLOUT_DIR} && chown gateway:gateway {ROLLOUT_DIR}"
+    )
 
 
 def test_gateway_metrics_dir_is_a_tmpfs(config: dict[str, Any]) -> None:
@@ -449,6 +499,8 @@ def test_env_example_settings_reach_the_services(tmp_path: Path) -> None:
     filled.write_text(
         text.replace("GATEWAY_DEFAULT_MODEL=resnet50", "GATEWAY_DEFAULT_MODEL=efficientnet_lite0")
         .replace("GATEWAY_PORT=8080", "GATEWAY_PORT=18080")
+        .replace("GATEWAY_ROLLOUT_CONTROLLER=on", "GATEWAY_ROLLOUT_CONTROLLER=off")
+        .replace("GATEWAY_ROLLOUT_REFRESH_S=0.5", "GATEWAY_ROLLOUT_REFRESH_S=1")
         .replace("POSTGRES_DB=visionai", "POSTGRES_DB=history"),
         encoding="utf-8",
     )
@@ -463,6 +515,20 @@ def test_env_example_settings_reach_the_services(tmp_path: Path) -> None:
     assert environment["GATEWAY_HISTORY_SECRET"] == TEST_SECRET
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "history"
     assert environment["GATEWAY_HISTORY_URL"].endswith(f":{TEST_PASSWORD}@postgres:5432/history")
+    assert environment["GATEWAY_ROLLOUT_CONTROLLER"] == "off"
+    assert environment["GATEWAY_ROLLOUT_REFRESH_S"] == "1"
+    assert environment["GATEWAY_ROLLOUT_DIR"] == ROLLOUT_DIR, "fixed to the volume"
+
+
+def test_env_example_documents_the_rollout_settings() -> None:
+    """The example sets the rollout's refresh and controller switch and explains why the
+    directory is not among its settings."""
+    settings = read_env_file(ENV_EXAMPLE)
+    assert settings["GATEWAY_ROLLOUT_REFRESH_S"] == "0.5"
+    assert settings["GATEWAY_ROLLOUT_CONTROLLER"] == "on"
+    assert "GATEWAY_ROLLOUT_DIR" not in settings
+    text = ENV_EXAMPLE.read_text(encoding="utf-8")
+    assert "GATEWAY_ROLLOUT_DIR, where the records live" in text and ROLLOUT_DIR in text
 
 
 def test_env_example_names_only_variables_compose_reads() -> None:

@@ -61,7 +61,7 @@ def test_resnet50_untrained_publishes_version_1_then_version_2(tmp_path: Path) -
     assert "check_model(full_check=True): passed" in first.stderr
     assert "parity batch 1:" in first.stderr and "parity batch 3:" in first.stderr
     assert "python -m local_triton --model-repository" in first.stdout
-    assert "/v2/repository/models/resnet50/load" in first.stdout
+    assert "python -m rollout status resnet50" in first.stdout
 
     model_dir = repository / "resnet50"
     check_published_layout(model_dir)

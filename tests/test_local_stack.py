@@ -9,6 +9,7 @@ import io
 import json
 import os
 import queue
+import shlex
 import signal
 import stat
 import subprocess
@@ -35,6 +36,8 @@ API_KEY = "stack-test-key"
 FALLBACK_NOTICE = "[stack] serving efficientnet_lite0 instead of resnet50: "
 HISTORY_SECRET = "stack-test-history-secret"
 HISTORY_NOTICE = "[stack] history: "
+ROLLOUT_NOTICE = "[stack] Rollout: "
+RECORD_TIMEOUT_S = 30.0
 Stack = tuple[str, str, list[str], subprocess.Popen[str]]
 
 
@@ -62,7 +65,8 @@ def _offline_environment(tmp_path: Path) -> dict[str, str]:
 
 
 def _stack_command(tmp_path: Path, port: int, model_args: Sequence[str]) -> list[str]:
-    """`python -m local_stack` on an empty repository under tmp_path and free Triton ports."""
+    """`python -m local_stack` on an empty repository under tmp_path and free Triton ports, its
+    rollout records (when on) in tmp_path/rollout, not in the clone's .cache/."""
     return [
         sys.executable,
         "-m",
@@ -70,6 +74,8 @@ def _stack_command(tmp_path: Path, port: int, model_args: Sequence[str]) -> list
         *model_args,
         "--repository",
         str(tmp_path / "repository"),
+        "--rollout-dir",
+        str(tmp_path / "rollout"),
         "--triton-log",
         str(tmp_path / "triton.log"),
         "--port",
@@ -159,9 +165,10 @@ def running_stack(tmp_path: Path) -> Iterator[Stack]:
 
 @pytest.fixture
 def offline_default_stack(tmp_path: Path) -> Iterator[Stack]:
-    """The stack with no --model, an empty repository, no network, an empty torch cache, and
-    --no-history."""
-    with _started_stack(tmp_path, ["--no-history"], _offline_environment(tmp_path)) as stack:
+    """The stack with no --model, an empty repository, no network, an empty torch cache,
+    --no-history and --no-rollout."""
+    arguments = ["--no-history", "--no-rollout"]
+    with _started_stack(tmp_path, arguments, _offline_environment(tmp_path)) as stack:
         yield stack
 
 
@@ -230,11 +237,60 @@ def test_run_command_exports_then_serves_analyze_and_stops_cleanly(
     assert "Triton stopped" in "".join(lines)
 
 
+def _wait_for_record(path: Path, process: subprocess.Popen[str]) -> dict[str, object]:
+    """The rollout record at `path` once the controller has written it (JSON)."""
+    deadline = time.monotonic() + RECORD_TIMEOUT_S
+    while not path.is_file():
+        assert process.poll() is None, "the stack exited"
+        assert time.monotonic() < deadline, f"no rollout record at {path}"
+        time.sleep(0.2)
+    record: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
+    return record
+
+
+@pytest.mark.e2e
+def test_run_command_adopts_the_served_model_for_rollout(
+    running_stack: Stack, tmp_path: Path
+) -> None:
+    """Rollout is on by default: Triton in explicit mode, the served version adopted as stable
+    in a record under --rollout-dir, and the printed command shows that record."""
+    url, api_key, lines, process = running_stack
+    state_dir = tmp_path / "rollout"
+    record = _wait_for_record(state_dir / "efficientnet_lite0.json", process)
+    assert record["model"] == "efficientnet_lite0"
+    assert record["stable"] == "1" and record["candidate"] is None, record
+    assert "MODE_EXPLICIT" in (tmp_path / "triton.log").read_text(), "explicit model control"
+
+    notices = [line for line in lines if line.startswith(ROLLOUT_NOTICE)]
+    assert len(notices) == 1, "".join(lines)
+    assert notices[0].startswith("[stack] Rollout: on") and str(state_dir) in notices[0]
+    assert "--no-rollout" in notices[0]
+    command = notices[0].split("see them: ", 1)[1].split("  (off", 1)[0]
+    assert command.startswith(".venv/bin/python -m rollout --state-dir ")
+    assert command.endswith(" status")
+    # As printed, from the clone, with no GATEWAY_* setting: the command says where all is.
+    status = subprocess.run(
+        [*shlex.split(command), "efficientnet_lite0"],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "efficientnet_lite0" in status.stdout and "stable" in status.stdout, status.stdout
+
+    # Unpinned requests are routed to the recorded stable.
+    assert _analyze_chelsea(url, api_key)["model"] == {"name": "efficientnet_lite0", "version": "1"}
+
+
 @pytest.mark.e2e
 def test_default_model_offline_falls_back_to_lite0_with_one_notice(
     offline_default_stack: Stack, tmp_path: Path
 ) -> None:
-    """No --model, no ResNet50 weights and no network: Lite0 is exported, served and announced."""
+    """No --model, no ResNet50 weights and no network: Lite0 is exported, served and announced;
+    --no-rollout keeps Triton in poll mode and writes no rollout record."""
     url, api_key, lines, _ = offline_default_stack
     assert sorted(path.name for path in (tmp_path / "repository").iterdir()) == [
         "efficientnet_lite0"
@@ -249,6 +305,10 @@ def test_default_model_offline_falls_back_to_lite0_with_one_notice(
     # --no-history: nothing stored, and the stack says so.
     assert "id" not in answer
     assert "[stack] history: off (--no-history)\n" in lines
+    # --no-rollout: Triton polls the repository as before rollout, and no record is kept.
+    assert stack_cli.ROLLOUT_OFF_NOTICE.format(reason="--no-rollout") + "\n" in lines
+    assert "MODE_POLL" in (tmp_path / "triton.log").read_text()
+    assert not (tmp_path / "rollout").exists(), "--no-rollout wins over --rollout-dir"
 
 
 def test_explicit_resnet50_offline_fails_without_fallback(tmp_path: Path) -> None:
@@ -406,6 +466,104 @@ def test_no_history_flag_and_gateway_settings(tmp_path: Path) -> None:
     )
     assert server.env["GATEWAY_HISTORY_URL"] == ""
     assert server.env["GATEWAY_API_KEYS"]
+
+
+def test_triton_runs_in_explicit_mode_with_rollout_and_polls_without(tmp_path: Path) -> None:
+    """With a model to load (rollout on): explicit mode, that model loaded at start, no poll
+    flag; without (--no-rollout): poll mode every few seconds, as before rollout."""
+    log_file = tmp_path / "triton.log"
+    explicit = stack_cli.triton_server(_stack_args(), tmp_path, log_file, "efficientnet_lite0")
+    assert explicit.model_control_mode == "explicit"
+    assert explicit.load_models == ("efficientnet_lite0",) and not explicit.load_all
+    polled = stack_cli.triton_server(_stack_args("--no-rollout"), tmp_path, log_file)
+    assert polled.model_control_mode == "poll"
+    assert polled.poll_seconds == stack_cli.TRITON_POLL_SECONDS and not polled.load_models
+
+
+@pytest.fixture
+def rollout_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stack's default repository and rollout directory under tmp_path."""
+    monkeypatch.setattr(stack_cli, "DEFAULT_REPOSITORY", tmp_path / "model_repository")
+    monkeypatch.setattr(stack_cli, "DEV_ROLLOUT_DIR", tmp_path / "cache" / "rollout")
+    (tmp_path / "model_repository").mkdir()
+    return tmp_path / "cache"
+
+
+def test_rollout_defaults_to_the_cache_and_says_how_to_see_it(rollout_cache: Path) -> None:
+    """Default: records in .cache/rollout (made), GATEWAY_ROLLOUT_DIR for the gateway, and one
+    line with the command that shows them (Triton's port named when not the CLI's default)."""
+    repository = stack_cli.DEFAULT_REPOSITORY.resolve()
+    directory = rollout_cache / "rollout"
+    choice = stack_cli.rollout_choice(_stack_args(), repository, {})
+    assert choice.enabled and choice.directory == directory and directory.is_dir()
+    assert choice.settings == {"GATEWAY_ROLLOUT_DIR": str(directory)}
+    assert choice.notice.startswith("[stack] Rollout: on") and "\n" not in choice.notice
+    command = f".venv/bin/python -m rollout --state-dir {directory} status"
+    assert f"records in {directory}; see them: {command}" in choice.notice
+    assert "--no-rollout" in choice.notice
+
+    other_port = stack_cli.rollout_choice(_stack_args("--triton-grpc-port", "9001"), repository, {})
+    assert f"--state-dir {directory} --triton-url 127.0.0.1:9001 status" in other_port.notice
+
+
+def test_rollout_directory_follows_the_repository_or_the_settings(
+    rollout_cache: Path, tmp_path: Path
+) -> None:
+    """Another --repository gets records of its own (named in the command); GATEWAY_ROLLOUT_DIR
+    and --rollout-dir choose the directory, the flag first."""
+    other = (tmp_path / "other-repository").resolve()
+    first = stack_cli.rollout_choice(_stack_args(), other, {})
+    assert first.directory is not None and first.directory.parent == rollout_cache
+    assert first.directory != rollout_cache / "rollout"
+    assert stack_cli.rollout_choice(_stack_args(), other, {}).directory == first.directory
+    assert stack_cli.rollout_choice(_stack_args(), tmp_path / "third", {}).directory not in (
+        first.directory,
+        rollout_cache / "rollout",
+    )
+    assert f"--repository {other} status" in first.notice
+
+    configured = {"GATEWAY_ROLLOUT_DIR": str(tmp_path / "from-env")}
+    from_env = stack_cli.rollout_choice(_stack_args(), other, configured)
+    assert from_env.directory == tmp_path / "from-env"
+    flagged = _stack_args("--rollout-dir", str(tmp_path / "from-flag"))
+    assert stack_cli.rollout_choice(flagged, other, configured).directory == (
+        tmp_path / "from-flag"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, environ, reason",
+    [
+        (("--no-rollout",), {}, "--no-rollout"),
+        (("--no-rollout",), {"GATEWAY_ROLLOUT_DIR": "/somewhere"}, "--no-rollout"),
+        ((), {"GATEWAY_ROLLOUT_DIR": ""}, "GATEWAY_ROLLOUT_DIR="),
+        ((), {"GATEWAY_ROLLOUT_DIR": " "}, "GATEWAY_ROLLOUT_DIR="),
+    ],
+)
+def test_rollout_is_off_with_no_rollout_or_an_empty_dir(
+    rollout_cache: Path, argv: tuple[str, ...], environ: dict[str, str], reason: str
+) -> None:
+    """--no-rollout or an empty GATEWAY_ROLLOUT_DIR: off, the variable set empty for the gateway
+    (so an inherited one cannot turn it on over a polling Triton), nothing made."""
+    choice = stack_cli.rollout_choice(_stack_args(*argv), stack_cli.DEFAULT_REPOSITORY, environ)
+    assert not choice.enabled
+    assert choice.settings == {"GATEWAY_ROLLOUT_DIR": ""}
+    assert choice.notice.startswith(f"[stack] Rollout: off ({reason}): Triton polls")
+    assert "unchecked" in choice.notice
+    assert not rollout_cache.exists()
+    server = stack_cli.gateway_server(
+        _stack_args(), stack_cli.DEFAULT_REPOSITORY, "m", "key", None, choice.settings
+    )
+    assert server.env["GATEWAY_ROLLOUT_DIR"] == ""
+
+
+def test_rollout_directory_inside_the_repository_is_refused(tmp_path: Path) -> None:
+    """Records inside the model repository would be seen by Triton: a StackError, not a start."""
+    repository = (tmp_path / "repository").resolve()
+    inside = _stack_args("--rollout-dir", str(repository / "rollout"))
+    with pytest.raises(stack_cli.StackError, match="inside the model repository"):
+        stack_cli.rollout_choice(inside, repository, {})
+    assert not (repository / "rollout").exists()
 
 
 def test_migrate_history_upgrades_a_new_sqlite_database(tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def test_sigkill_of_local_triton_stops_tritonserver(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_sigkill_of_local_stack_stops_triton_and_the_gateway(
-    fresh_model_repository: Path,
+    fresh_model_repository: Path, tmp_path: Path
 ) -> None:
     """`python -m local_stack` SIGKILLed: Triton, gunicorn and its workers exit, ports free."""
     port, http, grpc, metrics = free_port(), free_port(), free_port(), free_port()
@@ -143,6 +143,8 @@ def test_sigkill_of_local_stack_stops_triton_and_the_gateway(
             str(grpc),
             "--triton-metrics-port",
             str(metrics),
+            "--rollout-dir",
+            str(tmp_path / "rollout"),
             "--triton-log",
             str(fresh_model_repository.parent / "triton.log"),
         ],

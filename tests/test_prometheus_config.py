@@ -69,6 +69,25 @@ def test_alert_rules_are_valid_and_pass_their_unit_tests() -> None:
     assert "SUCCESS" in tested.stdout
 
 
+def test_every_alert_has_unit_tests_and_the_rollout_alerts_exist() -> None:
+    """Each alert in deploy/alerts.yml is evaluated by deploy/alerts.test.yml, the rollout
+    alerts included: an automatic rollback (warning) and a failed verification (info)."""
+    groups = yaml.safe_load((DEPLOY / "alerts.yml").read_text(encoding="utf-8"))["groups"]
+    rules = {rule["alert"]: rule for group in groups for rule in group["rules"]}
+    tests = yaml.safe_load((DEPLOY / "alerts.test.yml").read_text(encoding="utf-8"))["tests"]
+    tested = {case["alertname"] for test in tests for case in test["alert_rule_test"]}
+    assert set(rules) <= tested, f"alerts without a unit test: {sorted(set(rules) - tested)}"
+    expected = {
+        "VisionAIRolloutAutomaticRollback": ("rollback-automatic", "warning"),
+        "VisionAICandidateVerificationFailed": ("verify-failed", "info"),
+    }
+    for name, (action, severity) in expected.items():
+        rule = rules[name]
+        assert f'gateway_rollout_events_total{{action="{action}"}}' in rule["expr"], name
+        assert rule["labels"]["severity"] == severity
+        assert "python -m rollout status {{ $labels.model }}" in rule["annotations"]["description"]
+
+
 def test_config_scrapes_the_compose_services_metrics_ports() -> None:
     """Prometheus scrapes Triton's metrics port and the gateway's /metrics, by service name."""
     jobs = scrape_jobs()

@@ -282,6 +282,8 @@ def test_alert_expressions_match_the_real_metric_labels(
         "GatewayDown",
         "TritonInferenceFailures",
         "GatewayServerErrors",
+        "VisionAIRolloutAutomaticRollback",
+        "VisionAICandidateVerificationFailed",
     }
     unhealthy = {
         name: rule.get("lastError") for name, rule in rules.items() if rule["health"] != "ok"
