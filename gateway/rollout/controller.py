@@ -58,6 +58,8 @@ LEADER_RETRY_S = 2.0
 #: A load that did not give the wanted versions is asked again after this long.
 RELOAD_RETRY_S = 5.0
 LOAD_TIMEOUT_S = 120.0
+#: A version no longer routed to stays loaded this long (workers' refresh, requests in flight).
+UNLOAD_GRACE_S = 10.0
 STATS_DIR = "stats"
 
 EventSink = Callable[[str, str], None]  # (model, action): counts rollout events in metrics
@@ -86,6 +88,7 @@ class RolloutController:
         # Called once per model and process: lets metrics start its counters at zero.
         self._on_model = on_model or (lambda _model: None)
         self._known_models: set[str] = set()
+        self._retiring: dict[str, dict[str, float]] = {}  # model -> version -> unload after
         self._lock_fd: int | None = None
         self._thread: threading.Thread | None = None
         self._thread_pid = -1
@@ -241,7 +244,7 @@ class RolloutController:
         return fresh[-1] if fresh else None
 
     def _keep_loaded(self, model: str, state: RolloutState, ready: set[str]) -> None:
-        wanted = state.loaded_versions()
+        wanted = self._with_retiring(model, state.loaded_versions(), ready)
         if not wanted or {str(version) for version in wanted} == ready:
             return
         asked = self._loads.get(model)
@@ -266,6 +269,26 @@ class RolloutController:
                 wanted,
                 error,
             )
+
+    def _with_retiring(
+        self, model: str, wanted: tuple[int, ...], ready: set[str]
+    ) -> tuple[int, ...]:
+        """`wanted` plus loaded versions that left it less than UNLOAD_GRACE_S ago.
+
+        Workers see a changed record up to GATEWAY_ROLLOUT_REFRESH_S later than this loop does,
+        and requests already sent to a version are still running: a version that stops being
+        routed (rolled back, replaced) stays loaded a little longer so that none of them fails.
+        """
+        now = time.monotonic()
+        retiring = self._retiring.setdefault(model, {})
+        for version in ready:
+            if int(version) not in wanted:
+                retiring.setdefault(version, now + UNLOAD_GRACE_S)
+        for version in list(retiring):
+            if version not in ready or int(version) in wanted:
+                del retiring[version]  # unloaded, or routed again
+        grace = {int(version) for version, until in retiring.items() if until > now}
+        return tuple(sorted({*wanted, *grace}))
 
     def _verify(self, model: str, state: RolloutState) -> RolloutState:
         candidate = state.candidate
