@@ -1,4 +1,4 @@
-"""The rollout controller: adopt, load, verify, promote and roll back, one cycle a second.
+"""The rollout controller: adopt, load, verify, promote and roll back, a cycle every 0.5 s.
 
 One controller acts per rollout directory and machine: every gateway worker runs the loop's
 thread, and the one that holds ``<rollout dir>/.controller.lock`` (a non-blocking
@@ -74,7 +74,7 @@ class RolloutController:
         classifier: Classifier,
         loader: ModelLoader,
         *,
-        interval_s: float = 1.0,
+        interval_s: float = 0.5,
         on_event: EventSink | None = None,
         on_model: Callable[[str], None] | None = None,
     ) -> None:

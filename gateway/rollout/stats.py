@@ -177,7 +177,7 @@ class WorkerStats:
         *,
         bucket_s: float = 5.0,
         keep_s: float = 600.0,
-        flush_s: float = 1.0,
+        flush_s: float = 0.5,
         clock: Callable[[], float] = time.time,
         name: str | None = None,
     ) -> None:
