@@ -396,11 +396,12 @@ class Load:
         self.stop.set()
         self.thread.join(timeout=REQUEST_TIMEOUT_S + 30)
 
-    def versions(self, after: float = 0.0) -> dict[str | None, int]:
-        """Answers per version among requests started after `after` (monotonic)."""
+    def versions(self, after: float = 0.0, before: float = float("inf")) -> dict[str | None, int]:
+        """Answers per version among requests started in [`after`, `before`) (monotonic)."""
         counts: dict[str | None, int] = {}
         for outcome in list(self.run.outcomes):
-            if outcome.started >= after and outcome.status == 200 and outcome.body:
+            started = after <= outcome.started < before
+            if started and outcome.status == 200 and outcome.body:
                 version = outcome.body["model"]["version"]
                 counts[version] = counts.get(version, 0) + 1
         return counts

@@ -383,10 +383,16 @@ class RolloutController:
         change: Callable[[RolloutState | None], RolloutState | None],
         action: str | None = None,
     ) -> RolloutState:
-        before = self.store.read(model)
-        after = self.store.update(model, change)
+        seen: list[RolloutState | None] = []
+
+        def observed(current: RolloutState | None) -> RolloutState | None:
+            seen.append(current)  # the record under the lock, to tell whether it changed
+            return change(current)
+
+        after = self.store.update(model, observed)
         if after is None:
             raise RolloutError(f"{model} has no rollout record")
+        before = seen[0] if seen else None
         if before is None or after.revision != before.revision:
             self._on_event(model, action or after.events[-1].action)
         return after
