@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from flask_cors import CORS
 
-from gateway import analyses, routes, telemetry
+from gateway import analyses, batch, routes, telemetry
 from gateway.admission import AdmissionGate
 from gateway.auth import ApiKeyAuth
 from gateway.backend import InferenceBackend, ModelLoader
+from gateway.cache import AnswerCache, AnswerStore, MemoryCache, RedisCache
 from gateway.classifier import Classifier
 from gateway.config import PREFIX, ConfigError, Settings
 from gateway.errors import register_error_handlers
@@ -25,7 +26,8 @@ from gateway.images import ImageLimits
 from gateway.labels import LabelStore
 from gateway.logs import configure_logging
 from gateway.metrics import GatewayMetrics
-from gateway.ratelimit import KeyRateLimiter, parse_rate_limit
+from gateway.ratelimit import KeyRateLimiter, parse_rate_limit, shared_salt
+from gateway.redis_link import RedisLink
 
 if TYPE_CHECKING:
     from gateway.rollout.routing import RolloutRuntime
@@ -73,6 +75,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         draft_jpeg=settings.jpeg_draft,
     )
     metrics = GatewayMetrics()
+    link = _redis_link(settings, metrics)
     history = _history(settings)
     rollout = _rollout(settings, classifier, backend, metrics)
     app.extensions[routes.EXTENSION] = routes.Services(
@@ -83,11 +86,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         admission=AdmissionGate(
             settings.max_inflight, settings.max_queue, settings.queue_timeout_s
         ),
-        rate_limiter=(
-            KeyRateLimiter(parse_rate_limit(settings.rate_limit)) if settings.rate_limit else None
-        ),
+        rate_limiter=_rate_limiter(settings, link, metrics),
         history=history,
         rollout=rollout,
+        cache=_cache(settings, link, metrics),
     )
     register_error_handlers(app)
     telemetry.init_app(app, metrics, classifier.is_known_model)
@@ -101,10 +103,67 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             max_age=600,
         )
     app.register_blueprint(routes.bp)
+    app.register_blueprint(batch.bp)
     app.register_blueprint(analyses.bp)
     if history is not None and history.purger is not None:
         history.purger.start()
     return app
+
+
+def _redis_link(settings: Settings, metrics: GatewayMetrics) -> RedisLink | None:
+    """The link to Redis when GATEWAY_REDIS_URL is set (nothing connects before first use)."""
+    if not settings.redis_url:
+        return None
+    metrics.redis_up.set(1)
+    return RedisLink(
+        settings.redis_url,
+        settings.redis_timeout_s,
+        on_state=lambda up: metrics.redis_up.set(1 if up else 0),
+    )
+
+
+def _rate_limiter(
+    settings: Settings, link: RedisLink | None, metrics: GatewayMetrics
+) -> KeyRateLimiter | None:
+    """The per-key limiter when GATEWAY_RATE_LIMIT is set: in Redis when there is one."""
+    if not settings.rate_limit:
+        return None
+    items = parse_rate_limit(settings.rate_limit)
+    if link is None:
+        return KeyRateLimiter(items)
+    fallback = metrics.redis_fallbacks.labels("rate_limit")
+    return KeyRateLimiter(
+        items,
+        redis=link,
+        salt=shared_salt(settings.api_keys, "rate-limit"),
+        on_fallback=fallback.inc,
+    )
+
+
+def _cache(
+    settings: Settings, link: RedisLink | None, metrics: GatewayMetrics
+) -> AnswerCache | None:
+    """The answer cache unless GATEWAY_CACHE=off: in Redis when there is one, else in memory."""
+    if not settings.cache_enabled:
+        return None
+    store: AnswerStore
+    if link is not None:
+        fallback = metrics.redis_fallbacks.labels("cache")
+        store = RedisCache(link, settings.cache_ttl_s, on_fallback=fallback.inc)
+    else:
+        store = MemoryCache(
+            settings.cache_max_bytes,
+            settings.cache_ttl_s,
+            on_evict=metrics.cache_evictions.inc,
+            on_size=metrics.cache_bytes.set,
+        )
+    hits = metrics.cache_lookups.labels(store.kind, "hit")
+    misses = metrics.cache_lookups.labels(store.kind, "miss")
+    return AnswerCache(
+        store,
+        owner_salt=None if settings.cache_shared else shared_salt(settings.api_keys, "cache"),
+        on_result=lambda result: (hits if result == "hit" else misses).inc(),
+    )
 
 
 def _rollout(

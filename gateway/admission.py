@@ -22,7 +22,7 @@ _AT_CAPACITY = "The gateway is at capacity; retry after the indicated delay."
 
 
 class AdmissionGate:
-    """A counting semaphore with a bounded, time-limited waiting line."""
+    """A counting semaphore with a bounded, time-limited waiting line; a batch weighs more."""
 
     def __init__(self, max_inflight: int, max_queue: int, queue_timeout_s: float) -> None:
         if max_inflight < 1 or max_queue < 0 or queue_timeout_s < 0:
@@ -30,8 +30,8 @@ class AdmissionGate:
         self.max_inflight = max_inflight
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
-        self._slots = threading.BoundedSemaphore(max_inflight)
-        self._lock = threading.Lock()
+        self._free = threading.Condition()
+        self._in_use = 0
         self._waiting = 0
 
     @property
@@ -39,26 +39,36 @@ class AdmissionGate:
         """Requests currently waiting for a slot."""
         return self._waiting
 
+    @property
+    def in_use(self) -> int:
+        """Slots held now."""
+        return self._in_use
+
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold a slot for the ``with`` block, waiting in the bounded line if need be.
+    def admit(self, weight: int = 1) -> Iterator[None]:
+        """Hold ``weight`` slots (an image each, at most all of them) for the ``with`` block.
 
         Raises Overloaded (503) at once when the line is full, or after ``queue_timeout_s``
-        when no slot frees up.
+        when the slots do not free up.
         """
-        if not self._slots.acquire(blocking=False):
-            with self._lock:
+        weight = max(1, min(weight, self.max_inflight))
+        with self._free:
+            if self._in_use + weight > self.max_inflight:
                 if self._waiting >= self.max_queue:
                     raise Overloaded(_AT_CAPACITY)
                 self._waiting += 1
-            try:
-                acquired = self._slots.acquire(timeout=self.queue_timeout_s)
-            finally:
-                with self._lock:
+                try:
+                    fits = self._free.wait_for(
+                        lambda: self._in_use + weight <= self.max_inflight, self.queue_timeout_s
+                    )
+                finally:
                     self._waiting -= 1
-            if not acquired:
-                raise Overloaded(_AT_CAPACITY)
+                if not fits:
+                    raise Overloaded(_AT_CAPACITY)
+            self._in_use += weight
         try:
             yield
         finally:
-            self._slots.release()
+            with self._free:
+                self._in_use -= weight
+                self._free.notify_all()

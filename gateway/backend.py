@@ -34,6 +34,7 @@ class ModelSpec:
     batched: bool  # max_batch_size > 0: tensors carry a leading batch dimension
     channels_last: bool  # input format NHWC rather than NCHW
     parameters: Mapping[str, str] = field(default_factory=dict)
+    max_batch_size: int = 0  # the config's max_batch_size: the most items one request may carry
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class InferenceBackend(Protocol):
 
     def infer(self, spec: ModelSpec, batch: FloatArray, version: str | None) -> InferenceOutput:
         """Run one batch through the model; ``version=None`` lets the server choose."""
+        ...
+
+    def served_version(self, name: str) -> str:
+        """The version an unpinned request for ``name`` would get now (one cheap call)."""
         ...
 
     def is_ready(self, name: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.backend import InferenceBackend, ModelSpec
-from gateway.errors import ModelMisconfigured, UpstreamError
+from gateway.errors import GatewayError, ModelMisconfigured, UpstreamError
 from gateway.images import ImageFacts, ImageLimits, decode_rgb, jpeg_draft
 from gateway.labels import LabelStore
 from model_contract.errors import ContractError
@@ -228,6 +228,44 @@ class Classifier:
         except Exception as exc:  # handed to the caller with the timings, raised by result()
             return Attempt(timings, error=exc, image=image)
         return Attempt(timings, Classification(name, answered, predictions), image=image)
+
+    def classify_batch(
+        self, images: Sequence[bytes], name: str, version: str, top_k: int
+    ) -> list[Attempt]:
+        """Classify ``images`` with one model version in as few Triton requests as it allows.
+
+        An image that cannot be decoded fails alone, in its Attempt. A failure of the model
+        or of Triton concerns every image and is raised (a GatewayError). Each image's
+        Attempt carries its own decode and preprocess time and its share of the Triton time.
+        """
+        model = self.model(name, version)
+        prepared: list[tuple[int, FloatArray, StageTimings, ImageFacts]] = []
+        attempts: list[Attempt | None] = [None] * len(images)
+        for index, data in enumerate(images):
+            try:
+                batch, timings, facts = self.preprocess(data, model)
+            except GatewayError as error:
+                attempts[index] = Attempt(StageTimings(), error=error)
+                continue
+            prepared.append((index, batch, timings, facts))
+        # One request per chunk of max_batch_size images; one per image for unbatched models.
+        chunk = max(1, model.spec.max_batch_size) if model.spec.batched else 1
+        for start in range(0, len(prepared), chunk):
+            part = prepared[start : start + chunk]
+            tensors = [batch for _, batch, _, _ in part]
+            stacked = np.concatenate(tensors) if model.spec.batched else tensors[0]
+            started = time.perf_counter()
+            output = self.backend.infer(model.spec, stacked, version)
+            share = StageTimings(triton_s=(time.perf_counter() - started) / len(part))
+            logits = np.asarray(output.values).reshape(len(part), -1)
+            for row, (index, _, timings, facts) in zip(logits, part, strict=True):
+                predictions = self.postprocess(row, name, output.model_version, top_k)
+                attempts[index] = Attempt(
+                    timings + share,
+                    Classification(name, output.model_version, predictions),
+                    image=facts,
+                )
+        return [attempt for attempt in attempts if attempt is not None]
 
 
 def _check_interface(model: ServedModel) -> None:

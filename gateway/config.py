@@ -29,7 +29,8 @@ GATEWAY_JPEG_DRAFT              on/off (on): decode large JPEGs at 1/2, 1/4 or 1
                                 off = exact torchvision parity
                                 (docs/performance.md has the accuracy figures)
 GATEWAY_RATE_LIMIT              per-API-key limit such as ``100/minute`` or
-                                ``10/second;500/hour``, per worker; empty = off (off)
+                                ``10/second;500/hour``: exact across workers and replicas
+                                with GATEWAY_REDIS_URL, else per worker; empty = off (off)
 GATEWAY_HISTORY_URL             where answers are stored: ``sqlite:///path`` or
                                 ``postgresql+psycopg://user:password@host/db``; empty = off (off)
 GATEWAY_HISTORY_SECRET          the key of the HMAC that turns an API key into the stored owner
@@ -44,6 +45,19 @@ GATEWAY_ROLLOUT_DIR             rollout records (docs/rollout.md): new versions 
                                 mode; empty = off: Triton's newest version answers (off)
 GATEWAY_ROLLOUT_REFRESH_S       how old a worker's copy of a record may be (0.5, at most 2)
 GATEWAY_ROLLOUT_CONTROLLER      on/off (on): run the controller loop (one acts per machine)
+GATEWAY_MAX_BATCH_IMAGES        images in one /analyze/batch request; 0 = the model's
+                                max_batch_size (0)
+GATEWAY_MAX_BATCH_BODY_BYTES    body limit of /analyze/batch (32 MiB; each image still
+                                within GATEWAY_MAX_BODY_BYTES)
+GATEWAY_REDIS_URL               ``redis://[:password@]host:port/db`` (or ``rediss://``,
+                                ``unix://``) shared by every worker and replica: exact rate
+                                limits and a shared answer cache; empty = off (off)
+GATEWAY_REDIS_TIMEOUT_S         bound of every Redis call, connecting included (0.25)
+GATEWAY_CACHE                   on/off (on): answer repeated images from a cache
+GATEWAY_CACHE_TTL_S             how long a cached answer lives (3600)
+GATEWAY_CACHE_MAX_BYTES         the in-process cache's bound, per worker, without Redis (64 MiB)
+GATEWAY_CACHE_SCOPE             key/shared (key): cached answers are per API key, or shared
+                                between keys (a hit then tells a key that another sent the image)
 ==============================  ==========================================================
 
 gunicorn's settings (``ServerSettings``, applied by gateway/gunicorn.conf.py):
@@ -115,6 +129,14 @@ class Settings:
     rollout_dir: Path | None = None  # None: rollout off
     rollout_refresh_s: float = 0.5
     rollout_controller: bool = True
+    max_batch_images: int = 0  # 0: the model's max_batch_size
+    max_batch_body_bytes: int = 32 * 1024 * 1024
+    redis_url: str = field(default="", repr=False)  # empty: Redis off; may hold a password
+    redis_timeout_s: float = 0.25
+    cache_enabled: bool = True
+    cache_ttl_s: float = 3600.0
+    cache_max_bytes: int = 64 * 1024 * 1024
+    cache_shared: bool = False  # GATEWAY_CACHE_SCOPE=shared
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -166,6 +188,20 @@ class Settings:
             rollout_dir=Path(rollout_dir) if (rollout_dir := env.raw("ROLLOUT_DIR")) else None,
             rollout_refresh_s=env.number("ROLLOUT_REFRESH_S", cls.rollout_refresh_s, maximum=2),
             rollout_controller=env.boolean("ROLLOUT_CONTROLLER", cls.rollout_controller),
+            max_batch_images=env.integer(
+                "MAX_BATCH_IMAGES", cls.max_batch_images, minimum=0, maximum=256
+            ),
+            max_batch_body_bytes=env.integer(
+                "MAX_BATCH_BODY_BYTES", cls.max_batch_body_bytes, minimum=1024
+            ),
+            redis_url=_read_redis_url(env),
+            redis_timeout_s=env.number("REDIS_TIMEOUT_S", cls.redis_timeout_s, maximum=10),
+            cache_enabled=env.boolean("CACHE", cls.cache_enabled),
+            cache_ttl_s=env.number("CACHE_TTL_S", cls.cache_ttl_s, maximum=30 * 86400),
+            cache_max_bytes=env.integer(
+                "CACHE_MAX_BYTES", cls.cache_max_bytes, minimum=0, maximum=2**40
+            ),
+            cache_shared=_read_cache_scope(env),
         )
 
 
@@ -362,3 +398,24 @@ def _read_history_secret(env: _Env) -> bytes:
             "'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return secret.encode("utf-8")
+
+
+def _read_redis_url(env: _Env) -> str:
+    url = env.raw("REDIS_URL")
+    if url is None:
+        return ""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("redis", "rediss", "unix") or not rest or any(c.isspace() for c in url):
+        # The URL may hold a password: name the variable and the problem, not the value.
+        raise ConfigError(
+            "GATEWAY_REDIS_URL must be like redis://host:6379/0, rediss://host:6380/0 or "
+            "unix:///path/redis.sock (value not shown)"
+        )
+    return url
+
+
+def _read_cache_scope(env: _Env) -> bool:
+    scope = env.text("CACHE_SCOPE", "key").lower()
+    if scope not in ("key", "shared"):
+        raise ConfigError(f"GATEWAY_CACHE_SCOPE={scope!r} must be key or shared")
+    return scope == "shared"

@@ -62,6 +62,10 @@ class PayloadTooLarge(GatewayError, status=413, code="payload_too_large"):
     """The body, the decoded bytes or the image's pixel count exceed the configured limits."""
 
 
+class TooManyImages(GatewayError, status=413, code="too_many_images"):
+    """An /analyze/batch request holds more images than GATEWAY_MAX_BATCH_IMAGES allows."""
+
+
 class UnsupportedMediaType(GatewayError, status=415, code="unsupported_media_type"):
     """The image is not JPEG, PNG, WebP, GIF or BMP."""
 

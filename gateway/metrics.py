@@ -119,6 +119,42 @@ class GatewayMetrics:
             ["model"],
             registry=registry,
         )
+        self.cache_lookups = Counter(
+            "gateway_cache_requests_total",
+            "Answer-cache lookups by store (memory, redis) and result (hit, miss).",
+            ["backend", "result"],
+            registry=registry,
+        )
+        self.cache_evictions = Counter(
+            "gateway_cache_evictions_total",
+            "Answers the in-process cache dropped to stay within GATEWAY_CACHE_MAX_BYTES.",
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "gateway_cache_bytes",
+            "Bytes the in-process answer caches hold (summed over live workers).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.redis_fallbacks = Counter(
+            "gateway_redis_fallbacks_total",
+            "Requests served without Redis because it failed or was being skipped, by use "
+            "(rate_limit: counted per worker instead; cache: not looked up or stored).",
+            ["use"],
+            registry=registry,
+        )
+        self.redis_up = Gauge(
+            "gateway_redis_up",
+            "1 while this worker's Redis link answers, 0 while it is failing (lowest worker).",
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self.batch_images = Histogram(
+            "gateway_batch_images",
+            "Images per /analyze/batch request.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight",
             "HTTP requests being processed right now (all routes).",

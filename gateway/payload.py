@@ -1,9 +1,13 @@
-"""Reading an /analyze request in any of its three shapes into validated parameters.
+"""Reading an /analyze request in any of its three shapes, or an /analyze/batch request.
 
 Shapes: a JSON object ``{"image": <data URL or base64>, "model"?, "version"?, "top_k"?}``
 (the front end), ``multipart/form-data`` with an ``image`` file (``curl -F``), and a raw
 image body (``curl --data-binary``), whose parameters come from the query string.
 Every malformed input is a BadRequest (400), never a 500.
+
+/analyze/batch takes ``{"images": [<data URL or base64>, ...], "model"?, "version"?,
+"top_k"?}`` or multipart with several ``image`` files. Its images are decoded one by one
+(``batch_image``), so that one bad image fails alone.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Request
+from werkzeug.datastructures import FileStorage
 
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.images import decode_base64
@@ -64,6 +69,63 @@ def read_analyze_request(request: Request, max_bytes: int, default_top_k: int) -
         version=parse_version(options.get("version")),
         top_k=parse_top_k(options.get("top_k"), default_top_k),
     )
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """The images (still encoded as sent) and the validated options of one /analyze/batch."""
+
+    entries: list[object]  # base64 text from JSON/forms, bytes from multipart files, or junk
+    model: str | None
+    version: str | None
+    top_k: int
+
+
+def read_batch_request(request: Request, default_top_k: int) -> BatchRequest:
+    """Parse an /analyze/batch body (JSON or multipart) or raise a GatewayError."""
+    options: Mapping[str, Any]
+    entries: list[object]
+    if request.mimetype == "multipart/form-data":
+        entries = [*request.files.getlist("image"), *request.form.getlist("image")]
+        form = {key: request.form[key] for key in _PARAMETERS if key in request.form}
+        options = {**_query(request), **form}
+        if not entries:
+            raise BadRequest('The multipart form needs one or more "image" file fields.')
+    else:
+        body = request.get_data(cache=False)
+        if not body:
+            raise BadRequest('The request has no images: send JSON {"images": [...]} or multipart.')
+        if not (request.mimetype.endswith("json") or _looks_like_json(body)):
+            raise BadRequest(
+                'A batch is JSON {"images": ["<base64>", ...]} or multipart with several '
+                '"image" files; for a single raw image body use /analyze.'
+            )
+        document = _json_object(body)
+        images = document.get("images")
+        if not isinstance(images, list) or not images:
+            raise BadRequest('The JSON body needs an "images" list of base64 images.')
+        entries = list(images)
+        options = {**_query(request), **{k: document[k] for k in _PARAMETERS if k in document}}
+    return BatchRequest(
+        entries=entries,
+        model=parse_model(options.get("model")),
+        version=parse_version(options.get("version")),
+        top_k=parse_top_k(options.get("top_k"), default_top_k),
+    )
+
+
+def batch_image(entry: object, max_bytes: int) -> bytes:
+    """One batch entry's image bytes, or the GatewayError that says why it has none."""
+    if isinstance(entry, str):
+        return decode_base64(entry, max_bytes)
+    if isinstance(entry, FileStorage):
+        data = entry.stream.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"The image is larger than {max_bytes} bytes.")
+        if not data:
+            raise BadRequest("The image file is empty.")
+        return data
+    raise BadRequest("Each image must be a string: a data URL or base64.")
 
 
 def parse_model(value: object) -> str | None:

@@ -1,4 +1,7 @@
-"""The HTTP endpoints: /analyze, /models (API key required), /health, /ready, /metrics (open)."""
+"""The HTTP endpoints: /analyze, /models (API key required), /health, /ready, /metrics (open).
+
+/analyze/batch is in gateway/batch.py and the history's routes in gateway/analyses.py.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from gateway import telemetry
 from gateway.admission import AdmissionGate
 from gateway.auth import ApiKeyAuth, presented_key
+from gateway.cache import AnswerCache, CachedAnswer, answer_key, image_digest
 from gateway.classifier import Attempt, Classifier, StageTimings
 from gateway.config import Settings
 from gateway.errors import GatewayError, Overloaded, TooManyRequests, json_error
@@ -43,6 +47,7 @@ class Services:
     rate_limiter: KeyRateLimiter | None = None  # None: GATEWAY_RATE_LIMIT is off
     history: History | None = None  # None: GATEWAY_HISTORY_URL is off
     rollout: RolloutRuntime | None = None  # None: GATEWAY_ROLLOUT_DIR is off
+    cache: AnswerCache | None = None  # None: GATEWAY_CACHE=off
 
 
 def services() -> Services:
@@ -80,7 +85,7 @@ def require_api_key(svc: Services) -> Iterator[None]:
 def rate_limited(svc: Services) -> Iterator[None]:
     """Count the request against its API key's rate limit (429 beyond it), when one is set."""
     if svc.rate_limiter is not None:
-        with _refusal_counted(svc):
+        with refusal_counted(svc):
             svc.rate_limiter.hit(presented_key())
     yield
 
@@ -90,13 +95,14 @@ def rate_limited(svc: Services) -> Iterator[None]:
 def admitted(svc: Services) -> Iterator[None]:
     """Run the view only with an admission slot; 503 overloaded when none frees up in time."""
     with ExitStack() as slot:
-        with _refusal_counted(svc):
+        with refusal_counted(svc):
             slot.enter_context(svc.admission.admit())
         yield
 
 
 @contextmanager
-def _refusal_counted(svc: Services) -> Iterator[None]:
+def refusal_counted(svc: Services) -> Iterator[None]:
+    """Count a rate-limit or admission refusal raised in the block in the metrics."""
     try:
         yield
     except (TooManyRequests, Overloaded) as refusal:
@@ -126,13 +132,22 @@ def analyze() -> Response:
     route = svc.rollout.choose(name) if svc.rollout is not None and version is None else None
     if route is not None:
         version = route.version
+    lookup = CacheLookup.start(svc, parsed.image, name, version, parsed.top_k)
+    hit = lookup.hit() if lookup is not None else None
+    if hit is not None:
+        telemetry.report(telemetry.Analysis(name, hit.classification.version, StageTimings()))
+        attempt = Attempt(read, hit.classification, image=hit.image)
+        count_version(svc, name, hit.classification.version, route, attempt, None)
+        return jsonify(answer_of(svc, parsed.image, attempt, read, cached=True))
     classified = time.perf_counter()
     attempt = svc.classifier.classify(parsed.image, name, version, parsed.top_k)
     seconds = time.perf_counter() - classified
     timings = read + attempt.timings
     telemetry.report(telemetry.Analysis(name, attempt.version, timings))
-    _count_version(svc, name, version or attempt.version, route, attempt, seconds)
+    count_version(svc, name, version or attempt.version, route, attempt, seconds)
     result = attempt.result()
+    if lookup is not None and attempt.image is not None:
+        lookup.store(CachedAnswer(result, attempt.image))
     rollout = svc.rollout
     if (
         route is not None
@@ -140,34 +155,104 @@ def analyze() -> Response:
         and rollout.shadow(svc.classifier, name, route, parsed.image, result)
     ):
         svc.metrics.shadow_comparisons.labels(name).inc()
+    return jsonify(answer_of(svc, parsed.image, attempt, timings, cached=False))
+
+
+def answer_of(
+    svc: Services, data: bytes, attempt: Attempt, timings: StageTimings, *, cached: bool
+) -> dict[str, Any]:
+    """The /analyze answer of one classified image (stored in the history when it is on)."""
+    result = attempt.result()
     predictions = [prediction._asdict() for prediction in result.predictions]
     answer: dict[str, Any] = {
         "label": predictions[0]["label"],
         "confidence": predictions[0]["confidence"],
         "predictions": predictions,
         "mode": "real",
-        "message": f"Classified by {result.model} (version {result.version}) on Triton.",
+        "message": f"Classified by {result.model} (version {result.version}) on Triton."
+        + (" Answered from the cache of identical images." if cached else ""),
         "model": {"name": result.model, "version": result.version},
+        "cached": cached,
     }
     if svc.history is not None:
         # Committed before the answer leaves, so an id a client got is never missing later.
-        answer["id"] = svc.history.record(parsed.image, attempt, timings)
+        answer["id"] = svc.history.record(data, attempt, timings)
         svc.metrics.history_writes.labels("stored" if answer["id"] else "failed").inc()
         if answer["id"] is None:
             answer["message"] += " History is unavailable: this answer was not stored."
-    return jsonify(answer)
+    return answer
 
 
-def _count_version(
+@dataclass
+class CacheLookup:
+    """One image's way through the answer cache: the key parts, the lookup, the store."""
+
+    cache: AnswerCache
+    digest: str
+    scope: str
+    name: str
+    version: str | None  # the version expected to answer; None: unknown, no lookup
+    top_k: int
+    draft: bool
+
+    @classmethod
+    def start(
+        cls, svc: Services, data: bytes, name: str, version: str | None, top_k: int
+    ) -> CacheLookup | None:
+        """A lookup for ``data`` when the cache is on (None when it is off)."""
+        if svc.cache is None:
+            return None
+        if version is None:
+            # No pin and no rollout record: Triton's newest ready version will answer. Asking
+            # for it (one metadata call) keeps a hot swap from ever returning the old answer.
+            try:
+                version = svc.classifier.backend.served_version(name)
+            except GatewayError:
+                version = None  # the classification that follows reports the problem
+        return cls(
+            svc.cache,
+            image_digest(data),
+            svc.cache.scope(presented_key()),
+            name,
+            version,
+            top_k,
+            svc.classifier.draft_jpeg,
+        )
+
+    def key(self, version: str) -> str:
+        """The cache key of this image's answer by ``version``."""
+        return answer_key(
+            self.digest,
+            model=self.name,
+            version=version,
+            top_k=self.top_k,
+            draft=self.draft,
+            scope=self.scope,
+        )
+
+    def hit(self) -> CachedAnswer | None:
+        """The cached answer of the expected version, or None."""
+        return self.cache.get(self.key(self.version)) if self.version is not None else None
+
+    def store(self, answer: CachedAnswer) -> None:
+        """Cache ``answer`` under the version that actually gave it."""
+        self.cache.put(self.key(answer.classification.version), answer)
+
+
+def count_version(
     svc: Services,
     name: str,
     version: str | None,
     route: Route | None,
     attempt: Attempt,
-    seconds: float,
+    seconds: float | None,
 ) -> None:
-    """Per-version metrics, and the rollout's health counts of a routed answer."""
-    if route is not None and svc.rollout is not None:
+    """Per-version metrics, and the rollout's health counts of a routed answer.
+
+    ``seconds`` is None for an answer from the cache: counted, but neither timed nor part of
+    the rollout's health figures (the version did no work for it).
+    """
+    if route is not None and svc.rollout is not None and seconds is not None:
         svc.rollout.observe(name, route, attempt, seconds)
     if version is None or not svc.classifier.is_known_model(name):
         return  # a model never served (maybe a typo) must not become a metrics label
@@ -180,7 +265,7 @@ def _count_version(
         outcome = "error"
     role = route.role if route is not None else "pinned"
     svc.metrics.version_requests.labels(name, version, role, outcome).inc()
-    if error is None:
+    if error is None and seconds is not None:
         svc.metrics.version_seconds.labels(name, version).observe(seconds)
 
 

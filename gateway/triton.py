@@ -137,6 +137,14 @@ class TritonBackend:
             values=values, model_version=str(result.get_response().model_version)
         )
 
+    def served_version(self, name: str) -> str:
+        """The newest ready version of ``name``: the one Triton answers unpinned requests with."""
+        metadata = self._call("model metadata", name, "get_model_metadata", name)
+        served = _newest(metadata.versions)
+        if served is None:
+            raise ModelNotReady(f"The model {name!r} has no version ready; try again shortly.")
+        return served
+
     def is_ready(self, name: str) -> bool:
         """True when Triton answers and reports ``name`` ready, within the readiness timeout."""
         timeout = min(self._ready_timeout_s, self._timeout_s)
@@ -237,6 +245,7 @@ def spec_from_triton(
         batched=batched,
         channels_last=input_format == model_config_pb2.ModelInput.FORMAT_NHWC,
         parameters={key: value.string_value for key, value in config.parameters.items()},
+        max_batch_size=max(0, int(config.max_batch_size)),
     )
 
 

@@ -62,6 +62,8 @@ class FakeBackend:
     fail_infer: GatewayError | Exception | None = None
     batches: list[tuple[str, str | None, FloatArray]] = field(default_factory=list)
     spec_calls: int = 0
+    version_calls: int = 0
+    max_batch_size: int = 16
 
     def add(self, name: str, version: str, model: FakeVersion | None = None) -> FakeVersion:
         """Publish ``version`` of ``name`` (the newest version is served by default)."""
@@ -93,7 +95,15 @@ class FakeBackend:
             batched=True,
             channels_last=False,
             parameters=dict(model.parameters),
+            max_batch_size=self.max_batch_size,
         )
+
+    def served_version(self, name: str) -> str:
+        """The newest version, as Triton serves unpinned requests."""
+        self.version_calls += 1
+        if self.fail_spec is not None:
+            raise self.fail_spec
+        return self._version(name, None)[0]
 
     def infer(self, spec: ModelSpec, batch: FloatArray, version: str | None) -> InferenceOutput:
         """Record the batch and answer from the requested (or newest) version."""
