@@ -341,6 +341,8 @@ def start_stack(
                 "GATEWAY_API_KEYS": "rollout-e2e-key-0123456789",
                 "GATEWAY_ROLLOUT_DIR": str(state_dir),
                 "GATEWAY_TRITON_TIMEOUT_S": "20",
+                # The load repeats a few photos: every request must reach its version.
+                "GATEWAY_CACHE": "off",
                 "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
                 "PYTHONUNBUFFERED": "1",
             },
