@@ -5,6 +5,7 @@
 #   curl            the command of the compose file's Triton health check, run for real
 #   qemu-user       qemu-x86_64 -cpu Haswell: int8 models checked on an emulated AVX2-only CPU
 #   postgresql      initdb/pg_ctl/postgres: tests/fixtures/postgres.py runs a throwaway cluster
+#   redis-server    tests/fixtures/redis.py runs a throwaway Redis
 # Quick when they are already there. Needs root or sudo; otherwise it says what to install.
 set -euo pipefail
 
@@ -15,6 +16,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v qemu-x86_64 >/dev/null 2>&1 || need+=(qemu-user)
 # The server, not just psql (postgresql-client alone has no initdb).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# Debian's redis-server package brings redis-tools (redis-cli) with it.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -30,8 +33,8 @@ echo "Installing Debian packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 # A policy-rc.d that answers 101 keeps the packages' postinst from starting a prometheus
-# daemon on port 9090 or the `main` PostgreSQL cluster Debian creates on 5432: the tests start
-# their own Prometheus and PostgreSQL on free ports.
+# daemon on port 9090, the `main` PostgreSQL cluster Debian creates on 5432 or a Redis on 6379:
+# the tests start their own Prometheus, PostgreSQL and Redis on free ports.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then
   printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
@@ -47,4 +50,22 @@ if command -v pg_lsclusters >/dev/null 2>&1; then
       "${sudo[@]}" pg_ctlcluster "$version" "$cluster" stop || true
     fi
   done
+fi
+# The same for Redis: a packaged daemon would hold 6379 for nothing (the tests start their own
+# on free ports). Only that daemon: the one in the package's pid file, or a redis-server run as
+# the package's `redis` system user (the fixture's servers run as the test user, never as it).
+if [ -x /usr/bin/redis-server ]; then
+  redis_pids=$("${sudo[@]}" cat /run/redis/redis-server.pid 2>/dev/null || true)
+  redis_pids+=" $(pgrep -u redis -x redis-server 2>/dev/null || true)"
+  running=()
+  for pid in $redis_pids; do
+    # A stale pid file may name another process by now: only a live redis-server counts.
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = redis-server ]; then
+      running+=("$pid")
+    fi
+  done
+  if [ ${#running[@]} -gt 0 ]; then
+    "${sudo[@]}" service redis-server stop >/dev/null 2>&1 \
+      || "${sudo[@]}" kill "${running[@]}" 2>/dev/null || true
+  fi
 fi

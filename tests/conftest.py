@@ -4,6 +4,7 @@
 - tests/fixtures/triton.py: the real Triton server (local_triton) on that repository;
 - tests/fixtures/gateway.py: the real gateway under gunicorn, over HTTP;
 - tests/fixtures/postgres.py: a real, throwaway PostgreSQL cluster and fresh databases on it;
+- tests/fixtures/redis.py: a real, throwaway Redis (crash and restart it; or one of a test's own);
 - tests/reliability_support.py: the Python-backend models and their session Triton.
 """
 
@@ -12,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.triton",
     "tests.fixtures.gateway",
     "tests.fixtures.postgres",
+    "tests.fixtures.redis",
     "tests.reliability_support",
 ]
 

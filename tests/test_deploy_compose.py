@@ -16,9 +16,12 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from tests.fixtures.redis import fresh_redis
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -42,7 +45,10 @@ REQUIRED = {
     "POSTGRES_PASSWORD": TEST_PASSWORD,
     "GATEWAY_HISTORY_SECRET": TEST_SECRET,
 }
-SERVICES = {"triton", "postgres", "history-migrate", "gateway", "prometheus", "export"}
+SERVICES = {"triton", "postgres", "redis", "history-migrate", "gateway", "prometheus", "export"}
+# The official Redis image pinned to one exact release (major.minor.patch) on Alpine.
+REDIS_IMAGE = re.compile(r"redis:(\d+)\.(\d+)\.(\d+)-alpine")
+REDIS_URL = "redis://redis:6379/0"
 MIGRATE_COMMAND = ["python", "-m", "gateway.history", "upgrade"]
 ROLLOUT_DIR = "/var/lib/visionai/rollout"
 ROLLOUT_VOLUME = "rollout"
@@ -182,8 +188,9 @@ def dockerfile_of(service: Mapping[str, Any]) -> Path:
     return (context / str(build.get("dockerfile", "Dockerfile"))).resolve()
 
 
-def test_config_names_the_six_services(config: dict[str, Any]) -> None:
-    """`config` accepts the file: triton, postgres, history-migrate, gateway, prometheus, export."""
+def test_config_names_the_seven_services(config: dict[str, Any]) -> None:
+    """`config` accepts the file: triton, postgres, redis, history-migrate, gateway, prometheus,
+    export."""
     assert set(config["services"]) == SERVICES
 
 
@@ -373,6 +380,91 @@ def test_postgres_is_reachable_only_on_an_internal_network(config: dict[str, Any
     joined = {name for name, service in services.items() if "history" in network_names(service)}
     assert joined == {"postgres", "history-migrate", "gateway"}
     assert "default" in network_names(services["gateway"]), "Triton and the published port"
+
+
+def test_redis_service_runs_a_pinned_official_image_without_persistence(
+    config: dict[str, Any],
+) -> None:
+    """Redis: the official image at one exact release, restarted like the others, with no RDB,
+    no AOF and no volume (a cache and counters), its memory bounded with LRU eviction."""
+    redis = config["services"]["redis"]
+    assert REDIS_IMAGE.fullmatch(redis["image"]), redis["image"]
+    assert redis["restart"] in {"unless-stopped", "always"}
+    assert "build" not in redis and "volumes" not in redis
+    argv = command_argv(redis)
+    assert argv[0] == "redis-server"
+    options = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert options["--save"] == "" and options["--appendonly"] == "no"
+    assert re.fullmatch(r"\d+mb", options["--maxmemory"]), options["--maxmemory"]
+    assert options["--maxmemory-policy"] == "allkeys-lru"
+
+
+def test_redis_healthcheck_wants_a_pong(config: dict[str, Any]) -> None:
+    """The health check is `redis-cli ping` that only a PONG passes (redis-cli exits 0 on an
+    error reply such as NOAUTH), with the usual timing settings."""
+    check = config["services"]["redis"]["healthcheck"]
+    test = [str(part) for part in check["test"]]
+    assert test[0] == "CMD-SHELL" and len(test) == 2, test
+    assert test[1].startswith("redis-cli ping |") and "PONG" in test[1], test
+    assert {"interval", "timeout", "retries", "start_period"} <= set(check)
+
+
+def redis_healthcheck_on(port: int) -> subprocess.CompletedProcess[str]:
+    """Run the compose file's Redis health check here, against 127.0.0.1:port."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))["services"]["redis"]
+    kind, command = raw["healthcheck"]["test"]
+    assert kind == "CMD-SHELL" and command.startswith("redis-cli "), command
+    if shutil.which("redis-cli") is None:
+        pytest.fail(
+            "redis-cli is needed to run Redis's health check here: run "
+            "`bash scripts/install-system-deps.sh` (Debian's redis-server brings redis-tools)"
+        )
+    # In the container it reaches the default 127.0.0.1:6379; here, the fixture's port.
+    local = command.replace("redis-cli ", f"redis-cli -p {port} ", 1)
+    return subprocess.run(
+        ["sh", "-c", local], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_redis_healthcheck_passes_on_a_live_redis_only() -> None:
+    """Run for real: the check passes on a running Redis, fails once a password is required
+    (NOAUTH, not PONG) and fails when nothing listens."""
+    with fresh_redis() as server:
+        assert redis_healthcheck_on(server.port).returncode == 0
+        client = server.client()
+        try:
+            client.config_set("requirepass", "not-given-to-the-check")
+        finally:
+            client.close()
+        assert redis_healthcheck_on(server.port).returncode != 0
+        server.kill()
+        assert redis_healthcheck_on(server.port).returncode != 0
+
+
+def test_redis_is_reachable_only_on_an_internal_network(config: dict[str, Any]) -> None:
+    """No published port; only on `cache`, an internal network it shares with the gateway
+    alone (not Triton, PostgreSQL, Prometheus or the exporter)."""
+    services = config["services"]
+    assert "ports" not in services["redis"]
+    assert network_names(services["redis"]) == {"cache"}
+    assert config["networks"]["cache"]["internal"] is True
+    joined = {name for name, service in services.items() if "cache" in network_names(service)}
+    assert joined == {"redis", "gateway"}
+
+
+def test_gateway_waits_for_a_healthy_redis_and_gets_its_url(config: dict[str, Any]) -> None:
+    """The gateway starts only once Redis is healthy and gets GATEWAY_REDIS_URL naming the
+    redis service (database 0), a URL the gateway's settings accept."""
+    from gateway.config import Settings
+
+    gateway = config["services"]["gateway"]
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    url = gateway["environment"]["GATEWAY_REDIS_URL"]
+    assert url == REDIS_URL
+    parts = urlsplit(url)
+    assert parts.hostname in config["services"] and parts.port == 6379 and parts.path == "/0"
+    environment = {key: str(value) for key, value in gateway["environment"].items()}
+    assert Settings.from_env(environment).redis_url == REDIS_URL
 
 
 def test_compose_file_holds_no_password_or_secret(config: dict[str, Any]) -> None:
