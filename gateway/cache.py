@@ -67,7 +67,7 @@ class CachedAnswer:
                 Classification(str(document["m"]), str(document["v"]), predictions),
                 ImageFacts(str(image_format), int(width), int(height), int(size)),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return None
 
 
@@ -148,12 +148,13 @@ class MemoryCache:
     def put(self, key: str, value: bytes) -> None:
         """Store ``value``, evicting the least recently used entries beyond the bound."""
         cost = _cost(key, value)
-        if cost > self.max_bytes:
-            return  # larger than the whole cache: not worth holding
         evicted = 0
         with self._lock:
             if key in self._entries:
                 self._drop(key)
+            if cost > self.max_bytes:
+                self._report()
+                return  # larger than the whole cache: not worth holding
             self._entries[key] = (self._clock() + self._ttl_s, value)
             self._bytes += cost
             while self._bytes > self.max_bytes:

@@ -100,7 +100,7 @@ def read_batch_request(request: Request, default_top_k: int) -> BatchRequest:
                 'A batch is JSON {"images": ["<base64>", ...]} or multipart with several '
                 '"image" files; for a single raw image body use /analyze.'
             )
-        document = _json_object(body)
+        document = _json_object(body, example='{"images": ["..."]}')
         images = document.get("images")
         if not isinstance(images, list) or not images:
             raise BadRequest('The JSON body needs an "images" list of base64 images.')
@@ -167,13 +167,13 @@ def _is_number(text: str) -> bool:
     return 0 < len(text) <= 19 and text.isascii() and text.isdigit()
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def _json_object(body: bytes, example: str = '{"image": "..."}') -> dict[str, Any]:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):  # also UnicodeDecodeError for invalid UTF-8
         raise BadRequest("The body is not valid JSON (UTF-8).") from None
     if not isinstance(document, dict):
-        raise BadRequest('The JSON body must be an object such as {"image": "..."}.')
+        raise BadRequest(f"The JSON body must be an object such as {example}.")
     return document
 
 

@@ -100,6 +100,9 @@ class KeyRateLimiter:
                 link.failed("rate_limit", error)
                 if self._on_fallback is not None:
                     self._on_fallback()
+            except TooManyRequests:
+                link.succeeded()  # Redis answered: a refusal is an answer too
+                raise
             else:
                 link.succeeded()
                 return
