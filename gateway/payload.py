@@ -86,7 +86,15 @@ def read_batch_request(request: Request, default_top_k: int) -> BatchRequest:
     options: Mapping[str, Any]
     entries: list[object]
     if request.mimetype == "multipart/form-data":
-        entries = [*request.files.getlist("image"), *request.form.getlist("image")]
+        files, texts = request.files.getlist("image"), request.form.getlist("image")
+        if files and texts:
+            # Werkzeug parses files and text fields apart: their relative order is lost, and
+            # results must follow the request's order.
+            raise BadRequest(
+                'Send a batch\'s images either all as "image" files or all as base64 text '
+                "fields, not both."
+            )
+        entries = [*files, *texts]
         form = {key: request.form[key] for key in _PARAMETERS if key in request.form}
         options = {**_query(request), **form}
         if not entries:

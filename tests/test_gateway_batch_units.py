@@ -452,3 +452,16 @@ def test_slots_are_released_when_the_block_raises() -> None:
         assert gate.in_use == 0
     with gate.admit(4):
         assert gate.in_use == 4
+
+
+def test_multipart_mixing_files_and_text_fields_is_400(gateway_client: FlaskClient) -> None:
+    """Files and base64 text fields in one multipart batch would lose their order: refused."""
+    png = encode_image(np.zeros((8, 8, 3), dtype=np.uint8))
+    response = gateway_client.post(
+        "/analyze/batch",
+        data={"image": [base64.b64encode(png).decode("ascii"), (io.BytesIO(png), "a.png")]},
+        headers={"X-API-Key": UNIT_KEYS[0]},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400
+    assert "not both" in response.get_json()["message"]
