@@ -97,7 +97,7 @@ class RedisLink:
         if not was_down:
             log.warning(
                 "Redis at %s failed (%s: %s): rate limits count per worker and the answer "
-                "cache is skipped until it answers again",
+                "cache is skipped until it is reachable again",
                 self.where,
                 use,
                 type(error).__name__,
