@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from flask_cors import CORS
 
-from gateway import analyses, batch, routes, telemetry
+from gateway import analyses, batch, routes, telemetry, web
 from gateway.admission import AdmissionGate
 from gateway.auth import ApiKeyAuth
 from gateway.backend import InferenceBackend, ModelLoader
@@ -105,6 +105,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(routes.bp)
     app.register_blueprint(batch.bp)
     app.register_blueprint(analyses.bp)
+    web.init_app(app)
     if history is not None and history.purger is not None:
         history.purger.start()
     return app

@@ -125,7 +125,7 @@ def json_error(
 
 # Werkzeug's own errors (unknown route, wrong method, body over MAX_CONTENT_LENGTH...),
 # with codes and sentences of ours so clients see a single vocabulary.
-_HTTP_CODES: dict[int, tuple[str, str]] = {
+HTTP_CODES: dict[int, tuple[str, str]] = {
     400: ("bad_request", "The request could not be understood."),
     401: ("unauthorized", "A valid API key is required."),
     404: ("not_found", "No such endpoint."),
@@ -149,7 +149,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException) -> Response:
         status = exc.code or 500
-        code, message = _HTTP_CODES.get(status, ("http_error", "The request failed."))
+        code, message = HTTP_CODES.get(status, ("http_error", "The request failed."))
         response = json_error(status, code, message)
         if status == 405 and exc.response is None:
             allowed = getattr(exc, "valid_methods", None)
