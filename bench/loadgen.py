@@ -4,13 +4,16 @@ Everything a request needs is built before the clock starts (request bodies or g
 arrive ready-made from the parent); the hot loop sends, reads the whole answer and checks
 the status only, so the generator takes as little CPU from the server under test as a
 Python client can. Each run is a warm-up followed, without a pause, by a fixed-duration
-window; only requests that complete inside the window count.
+window; only requests that complete inside the window count. For the cache stage the loop
+also looks in each answer for ``"cached": true``, a regular-expression search of a few
+hundred bytes.
 """
 
 from __future__ import annotations
 
 import http.client
 import multiprocessing
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +25,8 @@ REQUEST_TIMEOUT_S = 60.0
 ERROR_BACKOFF_S = 0.02
 MAX_ERROR_SAMPLES = 5
 START_DELAY_S = 0.2
+# How an /analyze answer says it came from the answer cache (compact JSON, or spaced).
+CACHED_MARK = re.compile(rb'"cached"\s*:\s*true')
 
 
 class LoadError(Exception):
@@ -30,6 +35,10 @@ class LoadError(Exception):
 
 class Requester(Protocol):
     """One client's connection: send request number `index` and say whether it succeeded."""
+
+    #: After a successful send: whether the answer said it came from the cache (None: not
+    #: looked at).
+    last_cached: bool | None
 
     def send(self, index: int) -> bool:
         """Send one request and read the whole answer; True on success."""
@@ -42,13 +51,19 @@ class Requester(Protocol):
 
 @dataclass(frozen=True)
 class HttpTarget:
-    """POST each body in turn to http://host:port/path with the given headers."""
+    """POST each body in turn to http://host:port/path with the given headers.
+
+    `images_per_request`: how many images one body holds (an /analyze/batch body holds
+    several); `count_cached`: look in each answer for ``"cached": true`` and count it.
+    """
 
     host: str
     port: int
     path: str
     bodies: Sequence[bytes]
     headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+    images_per_request: int = 1
+    count_cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,15 @@ class Measurement:
     client_cpu_s: float = 0.0
     server_breakdown_ms: dict[str, float] = field(default_factory=dict)
     triton_breakdown_ms: dict[str, float] = field(default_factory=dict)
+    images_per_request: int = 1
+    # Successful requests over the load generator's whole run (warm-up, window and the
+    # requests still in flight at its end): what server CPU read around it is divided by.
+    answered: int = 0
+    # Answers inside the window that said "cached": true, and those that did not (None: the
+    # answers were not looked at).
+    cache_hits: int | None = None
+    cache_misses: int | None = None
+    server_cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def completed(self) -> int:
@@ -82,8 +106,13 @@ class Measurement:
 
     @property
     def throughput(self) -> float:
-        """Successful requests (= images) per second inside the window."""
+        """Successful requests per second inside the window (images, for one-image requests)."""
         return self.completed / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        """Images answered per second inside the window."""
+        return self.throughput * self.images_per_request
 
     def percentile(self, q: float) -> float:
         """Return the q-th percentile (0-100) of latency in ms, linear between ranks; 0 if none."""
@@ -95,11 +124,13 @@ class Measurement:
         high = min(low + 1, len(values) - 1)
         return values[low] + (values[high] - values[low]) * (rank - low)
 
-    def summary(self) -> dict[str, float | int | list[str] | dict[str, float]]:
+    def summary(self) -> dict[str, float | int | list[str] | dict[str, float] | None]:
         """Return the JSON-friendly figures of this window."""
         return {
             "concurrency": self.concurrency,
             "throughput_ips": round(self.throughput, 3),
+            "images_per_request": self.images_per_request,
+            "images_per_s": round(self.images_per_s, 3),
             "completed": self.completed,
             "errors": self.errors,
             "p50_ms": round(self.percentile(50), 3),
@@ -113,6 +144,10 @@ class Measurement:
             "error_samples": self.error_samples,
             "server_breakdown_ms": self.server_breakdown_ms,
             "triton_breakdown_ms": self.triton_breakdown_ms,
+            "answered": self.answered,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "server_cpu": self.server_cpu,
         }
 
 
@@ -123,9 +158,10 @@ class HttpRequester:
         self._target = target
         self._headers = dict(target.headers)
         self._connection: http.client.HTTPConnection | None = None
+        self.last_cached: bool | None = None
 
     def send(self, index: int) -> bool:
-        """POST body `index` (modulo the pool) and check only the status code."""
+        """POST body `index` (modulo the pool) and check the status code (and the cache mark)."""
         target = self._target
         if self._connection is None:
             self._connection = http.client.HTTPConnection(
@@ -139,7 +175,7 @@ class HttpRequester:
                 headers=self._headers,
             )
             response = self._connection.getresponse()
-            response.read()
+            answer = response.read()
             if response.will_close:
                 self.close()
         except (OSError, http.client.HTTPException):
@@ -147,6 +183,8 @@ class HttpRequester:
             raise
         if response.status != 200:
             raise LoadError(f"HTTP {response.status}")
+        if target.count_cached:
+            self.last_cached = CACHED_MARK.search(answer) is not None
         return True
 
     def close(self) -> None:
@@ -163,6 +201,7 @@ class GrpcRequester:
         import tritonclient.grpc as grpcclient  # only the gRPC stage's process needs it
 
         self._target = target
+        self.last_cached: bool | None = None
         self._client = grpcclient.InferenceServerClient(url=target.url)
         self._inputs = []
         for tensor in target.tensors:
@@ -208,7 +247,7 @@ def _client_loop(
     result: Measurement,
 ) -> None:
     latencies: list[float] = []
-    errors = 0
+    errors = answered = hits = looked_at = 0
     samples: list[str] = []
     index = offset
     time.sleep(max(0.0, window.start - time.perf_counter()))
@@ -221,9 +260,13 @@ def _client_loop(
             failure = f"{type(error).__name__}: {error}"[:200]
         finished = time.perf_counter()
         index += 1
+        answered += ok
         if window.measure_from <= finished <= window.end:
             if ok:
                 latencies.append((finished - started) * 1000.0)
+                if requester.last_cached is not None:
+                    looked_at += 1
+                    hits += requester.last_cached
             else:
                 errors += 1
                 if len(samples) < MAX_ERROR_SAMPLES:
@@ -234,6 +277,10 @@ def _client_loop(
     with lock:
         result.latencies_ms.extend(latencies)
         result.errors += errors
+        result.answered += answered
+        if looked_at:
+            result.cache_hits = (result.cache_hits or 0) + hits
+            result.cache_misses = (result.cache_misses or 0) + looked_at - hits
         for sample in samples:
             if len(result.error_samples) < MAX_ERROR_SAMPLES:
                 result.error_samples.append(sample)
@@ -250,7 +297,11 @@ def run_window(
         now + START_DELAY_S + warmup_s,
         now + START_DELAY_S + warmup_s + duration_s,
     )
-    result = Measurement(concurrency=concurrency, window_s=duration_s)
+    result = Measurement(
+        concurrency=concurrency,
+        window_s=duration_s,
+        images_per_request=target.images_per_request if isinstance(target, HttpTarget) else 1,
+    )
     lock = threading.Lock()
     threads = [
         threading.Thread(
@@ -335,7 +386,7 @@ def sweep(
 
         measurement = around(window) if around is not None else window()
         progress(
-            f"  concurrency {level:>3}: {measurement.throughput:8.2f} img/s  "
+            f"  concurrency {level:>3}: {measurement.images_per_s:8.2f} img/s  "
             f"p50 {measurement.percentile(50):8.1f} ms  p99 {measurement.percentile(99):8.1f} ms  "
             f"errors {measurement.errors}"
         )

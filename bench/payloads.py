@@ -136,10 +136,32 @@ def build_payloads(kind: str, images_dir: Path | None, count: int, cache_dir: Pa
     return PayloadSet(kind, source, jpegs)
 
 
+def data_url(jpeg: bytes) -> str:
+    """Return a base64 JPEG data URL, as the front end sends an image."""
+    return f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')}"
+
+
 def request_body(jpeg: bytes) -> bytes:
     """Return the front end's JSON body for one image: a base64 JPEG data URL."""
-    encoded = base64.b64encode(jpeg).decode("ascii")
-    return json.dumps({"image": f"data:image/jpeg;base64,{encoded}"}).encode("ascii")
+    return json.dumps({"image": data_url(jpeg)}).encode("ascii")
+
+
+def batch_bodies(jpegs: Sequence[bytes], per_request: int) -> list[bytes]:
+    """Return /analyze/batch JSON bodies of `per_request` images each, in payload order.
+
+    Consecutive payloads go together, wrapping around, until every payload is in a body:
+    16 payloads in batches of 8 make 2 bodies; 2 payloads make 1 body of 8 (repeated).
+    """
+    if per_request < 1 or not jpegs:
+        raise ValueError("a batch body needs at least one image per request and one payload")
+    urls = [data_url(jpeg) for jpeg in jpegs]
+    count = -(-len(urls) // per_request)  # ceiling division
+    return [
+        json.dumps(
+            {"images": [urls[(body * per_request + i) % len(urls)] for i in range(per_request)]}
+        ).encode("ascii")
+        for body in range(count)
+    ]
 
 
 def preprocess(jpeg: bytes, params: Preprocessing) -> Tensor:

@@ -8,11 +8,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import gateway_batch, gateway_cache
+from bench.batch_strategy import BatchStrategy
+from bench.cpu_time import describe as describe_cpu
+from bench.gateway_batch import BatchPair
 from bench.loadgen import Measurement
 from bench.ort_limit import OrtLimit
 from bench.rollout_cost import RoutingCost
 
-STAGES = ("ort", "triton", "gateway", "gateway_history", "gateway_rollout", "baseline")
+STAGES = (
+    "ort",
+    "triton",
+    "batch_strategy",
+    "gateway",
+    "gateway_batch",
+    "gateway_history",
+    "gateway_rollout",
+    "gateway_cache",
+    "baseline",
+)
 FAIRNESS = (
     "same model weights: one state_dict exported with `python -m export --weights PATH` and "
     "loaded by the baseline (or the packaged ImageNet weights of efficientnet_lite0)",
@@ -30,6 +44,10 @@ FAIRNESS = (
     "rollout routing on vs off: the same gateway (history off) with GATEWAY_ROLLOUT_DIR set to a "
     "new folder, measured after its controller adopted the model, so every timed request is "
     "routed by the record; its in-process cost (choose + observe) is timed on its own",
+    "answer cache off (GATEWAY_CACHE=off) in every gateway but `gateway_cache`'s: the bodies "
+    "repeat a few photos, so a cache would answer most timed requests without the path",
+    "batch vs singles: the same gateway and images, as many images in flight (8 per batch "
+    "request x C clients, or 8 x C one-image clients); server CPU per image from /proc",
 )
 
 
@@ -51,6 +69,14 @@ class BenchResults:
     rollout_stable: str | None = None
     rollout_routed: dict[str, int] = field(default_factory=dict)
     rollout_routing: RoutingCost | None = None
+    # /analyze/batch vs as many one-image requests, per client count.
+    gateway_batch: list[BatchPair] = field(default_factory=list)
+    batch_strategy: BatchStrategy | None = None
+    # Cache hits of one payload: the windows, the warm-up's outcome, the in-process parts.
+    gateway_cache: list[Measurement] = field(default_factory=list)
+    cache_warm: dict[str, int | None] = field(default_factory=dict)
+    cache_hit_parts: dict[str, float] = field(default_factory=dict)
+    cache_payload_kib: float | None = None
 
 
 def _best(measurements: Sequence[Measurement]) -> float | None:
@@ -118,9 +144,25 @@ def rollout_summary(results: BenchResults) -> dict[str, Any]:
     }
 
 
+def cache_summary(results: BenchResults) -> dict[str, Any] | None:
+    """The cache stage's figures, its miss p50 being the cache-off gateway's lowest level."""
+    if not results.gateway_cache:
+        return None
+    return gateway_cache.summary(
+        results.gateway_cache,
+        _lowest_concurrency(results.gateway),
+        results.cache_payload_kib,
+        results.cache_warm,
+        results.cache_hit_parts,
+    )
+
+
 def to_json(results: BenchResults) -> dict[str, Any]:
     """Return the JSON document: headline keys, ratios, per-stage figures, settings and notes."""
     ort = results.ort
+    ort_ips = ort.best.images_per_s if ort is not None else None
+    batch = gateway_batch.summary(results.gateway_batch, ort_ips) if results.gateway_batch else None
+    strategy = results.batch_strategy
     batch1 = round(ort.batch1_latency_ms, 3) if ort is not None else None
     whole = _best(results.gateway)
     baseline = _best(results.baseline)
@@ -140,6 +182,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
         "whole_path_ips": _round(whole),
         "whole_path_history_ips": _round(_best(results.gateway_history)),
         "whole_path_rollout_ips": _round(_best(results.gateway_rollout)),
+        "whole_path_batch_ips": batch["best_batch_ips"] if batch is not None else None,
         "baseline_ips": _round(baseline),
         "batch1_latency_ms": batch1,
         "single_client_p50_ms": single_p50,
@@ -153,6 +196,8 @@ def to_json(results: BenchResults) -> dict[str, Any]:
                 *results.gateway,
                 *results.gateway_history,
                 *results.gateway_rollout,
+                *(m for pair in results.gateway_batch for m in (pair.batch, pair.singles)),
+                *results.gateway_cache,
                 *results.baseline,
             )
         ),
@@ -162,12 +207,18 @@ def to_json(results: BenchResults) -> dict[str, Any]:
             "writes": dict(results.history_writes),
         },
         "rollout": rollout_summary(results),
+        "batch": batch,
+        "batch_strategy": strategy.as_dict() if strategy is not None else None,
+        "cache": cache_summary(results),
         "ratios": {
             "whole_path_vs_ort_limit": _ratio(whole, ort.best.images_per_s if ort else None),
             "whole_path_vs_baseline": _ratio(whole, baseline),
             "whole_path_vs_baseline_by_concurrency": per_level,
             "triton_vs_ort_limit": _ratio(
                 _best(results.triton), ort.best.images_per_s if ort else None
+            ),
+            "batch_whole_path_vs_ort_limit": (
+                batch["batch_vs_ort_limit"]["ratio"] if batch is not None else None
             ),
             "latency_overhead_ms": (
                 round(single_p50 - batch1, 3) if single_p50 is not None and batch1 else None
@@ -180,6 +231,8 @@ def to_json(results: BenchResults) -> dict[str, Any]:
             "gateway": [m.summary() for m in results.gateway],
             "gateway_history": [m.summary() for m in results.gateway_history],
             "gateway_rollout": [m.summary() for m in results.gateway_rollout],
+            "gateway_batch": gateway_batch.stage_figures(results.gateway_batch),
+            "gateway_cache": [m.summary() for m in results.gateway_cache],
             "baseline": [m.summary() for m in results.baseline],
         },
         "settings": results.settings,
@@ -247,6 +300,9 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
     ]
     lines += _history_lines(document["history"])
     lines += _rollout_lines(document["rollout"])
+    lines += _batch_lines(results.gateway_batch, document["batch"])
+    lines += _strategy_lines(document["batch_strategy"])
+    lines += _cache_lines(results.gateway_cache, document["cache"])
     settings = results.settings
     if "cpu_count" in settings:
         lines.append(
@@ -311,6 +367,114 @@ def _rollout_lines(rollout: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _batch_lines(pairs: Sequence[BatchPair], batch: dict[str, Any] | None) -> list[str]:
+    """/analyze/batch vs one-image requests per client count, CPU per image, the target."""
+    if batch is None:
+        return []
+    per = batch["images_per_request"]
+    lines = [
+        "",
+        f"/analyze/batch ({per} images a request, C clients) vs {per} x C one-image clients:",
+        f"  {'C':<3}{'batch img/s':>12}{'p50 ms':>9}{'p95 ms':>9}{'singles img/s':>15}"
+        f"{'p50 ms':>9}{'p95 ms':>9}{'batch/singles':>15}{'batch/ORT':>11}",
+    ]
+    for clients, entry in batch["by_clients"].items():
+        lines.append(
+            f"  {clients:<3}{entry['batch_ips']:>12.2f}{entry['batch_p50_ms']:>9.1f}"
+            f"{entry['batch_p95_ms']:>9.1f}{entry['singles_ips']:>15.2f}"
+            f"{entry['singles_p50_ms']:>9.1f}{entry['singles_p95_ms']:>9.1f}"
+            f"{_fmt(entry['batch_vs_singles'], 3):>15}{_fmt(entry['batch_vs_ort_limit'], 3):>11}"
+        )
+    for pair in pairs:
+        for name, m in (("batch", pair.batch), ("singles", pair.singles)):
+            if m.server_cpu:
+                cpu = describe_cpu(m.server_cpu)
+                lines.append(f"  C={pair.clients:<3}{name:<8} server CPU ms/image: {cpu}")
+            phases = m.triton_breakdown_ms
+            if "total" in phases:
+                lines.append(
+                    f"  C={pair.clients:<3}{name:<8} Triton ms per request: queue "
+                    f"{phases.get('queue', 0.0):.1f}, infer {phases.get('infer', 0.0):.1f}, total "
+                    f"{phases['total']:.1f}; mean batch {phases.get('mean_batch', 0.0):.2f}"
+                )
+    verdict = batch["batch_vs_ort_limit"]
+    met = {True: "met", False: "NOT met", None: "not judged (no ORT limit)"}[verdict["met"]]
+    lines.append(
+        f"batch whole path / ORT limit: {_fmt(verdict['ratio'], 3)} "
+        f"(best {_fmt(batch['best_batch_ips'])} img/s; target >= {verdict['target']:g}: {met}); "
+        f"singles / ORT limit {_fmt(batch['singles_vs_ort_limit'], 3)}"
+    )
+    return lines
+
+
+def _strategy_lines(strategy: dict[str, Any] | None) -> list[str]:
+    """One batched Triton request vs parallel singles merged by the dynamic batcher."""
+    if strategy is None:
+        return []
+    images = strategy["images"]
+
+    def way(name: str, title: str) -> str:
+        entry = strategy[name]
+        batch = entry["mean_batch"]
+        return (
+            f"  {title:<34}{entry['median_s'] * 1000.0:>9.1f} ms per {images} images "
+            f"(p95 {entry['p95_s'] * 1000.0:.1f}), {entry['images_per_s']:>8.2f} img/s, "
+            f"Triton mean batch {_fmt(batch)}"
+        )
+
+    pre = strategy["preprocess_ms_per_image"]
+    return [
+        "",
+        f"Triton strategy for {images} images (gateway's TritonBackend, pre-made tensors, "
+        f"median of {strategy['repeats']}):",
+        way("batched", f"one [{images},3,H,W] request"),
+        way("parallel", f"{images} concurrent batch-1 requests"),
+        f"  faster: {strategy['faster']} (x{_fmt(strategy['speedup'], 3)}); outputs match: "
+        f"{strategy['outputs_match']}",
+        f"  gateway decode + preprocess in one thread: {pre['total']:.1f} ms per image "
+        f"(decode {pre['decode']:.1f}, preprocess {pre['preprocess']:.1f}; JPEG draft "
+        f"{'on' if strategy['draft_jpeg'] else 'off'})",
+    ]
+
+
+def _cache_lines(measurements: Sequence[Measurement], cache: dict[str, Any] | None) -> list[str]:
+    """Cache hits of one payload per level, hits vs non-hits, miss p50, the in-process parts."""
+    if cache is None:
+        return []
+    warm = cache["warm"]
+    warmed = (
+        "workers' counters not read"
+        if warm.get("workers_with_hits") is None
+        else f"{warm['workers_with_hits']} of {warm['workers']} workers hit"
+    )
+    lines = [
+        "",
+        f"answer cache hits (one {_fmt(cache['payload_kib'], 0)} KiB JPEG, memory; warmed with "
+        f"{warm.get('requests')} requests, {warmed}):",
+    ]
+    for level, entry in cache["by_concurrency"].items():
+        lines.append(
+            f"  c={level:<3} p50 {entry['hit_p50_ms']:.2f} ms, p95 {entry['hit_p95_ms']:.2f} ms, "
+            f"{entry['ips']:.1f} req/s; {entry['hits']} cached, {entry['non_hits']} not"
+        )
+    for m in measurements:
+        if m.server_cpu:
+            lines.append(f"  c={m.concurrency:<3} server CPU ms/hit: {describe_cpu(m.server_cpu)}")
+    parts = cache["hit_parts_ms"]
+    if parts:
+        lines.append(
+            "  in-process parts of a hit, median ms: "
+            + ", ".join(f"{name} {value:.2f}" for name, value in parts.items())
+        )
+    met = {True: "met", False: "NOT met", None: "-"}[cache["target_met"]]
+    lines.append(
+        f"cache hit p50 {_fmt(cache['hit_p50_ms'])} ms vs miss p50 {_fmt(cache['miss_p50_ms'])} "
+        f"ms ({cache['miss_source'] or 'no cache-off stage run'}); target <= "
+        f"{cache['target_hit_p50_ms']:g} ms: {met}"
+    )
+    return lines
+
+
 def _signed(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:+.{digits}f}"
 
@@ -366,6 +530,8 @@ def _breakdown_lines(measurements: Sequence[Measurement], title: str = "whole pa
             f"{phases['request']:.1f} ({inner}) + queue/transport "
             f"{client_mean - phases['request']:.1f}"
         )
+        if m.server_cpu:
+            lines.append(f"        server CPU ms/image: {describe_cpu(m.server_cpu)}")
     if lines:
         lines.insert(0, f"\n{title}, mean ms per request (gateway's /metrics, incl. warm-up):")
     return lines

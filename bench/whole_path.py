@@ -10,6 +10,10 @@ every answer in a new SQLite file of the run's temporary folder (migrated first)
 `make run` does by default. `gateway_rollout` is the history-off gateway with
 GATEWAY_ROLLOUT_DIR set to a new folder: measured only once its controller has adopted the
 model (the record names a stable version), so every timed request is routed by the record.
+
+Every gateway runs with the answer cache off (GATEWAY_CACHE=off) unless a stage asks for it:
+the bodies cycle through a few photos, so with the cache on (the gateway's default) the
+windows would measure cache hits, not the path. Only `gateway_cache` turns it on.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import gateway_metrics
+from bench.cpu_time import with_server_cpu
 from bench.loadgen import HttpTarget, Measurement, sweep
 from bench.repository import PublishedModel
 from bench.servers import ServerError, running
@@ -68,26 +73,60 @@ def gateway(
     log_dir: Path,
     history: Mapping[str, str] | None = None,
     rollout: Mapping[str, str] | None = None,
+    cache: bool = False,
 ) -> AbstractContextManager[GatewayServer]:
     """Run the gateway under gunicorn (its own gunicorn.conf.py) until /ready answers 200.
 
+    The arguments are gateway_server's.
+    """
+    server = gateway_server(model, triton.grpc_url, api_key, log_dir, history, rollout, cache=cache)
+    return serving(server, GATEWAY_READY_TIMEOUT_S)
+
+
+def gateway_server(
+    model: PublishedModel,
+    triton_url: str,
+    api_key: str,
+    log_dir: Path,
+    history: Mapping[str, str] | None = None,
+    rollout: Mapping[str, str] | None = None,
+    *,
+    cache: bool = False,
+) -> GatewayServer:
+    """The gateway's server, not started: its settings, log file and metrics folder.
+
     `history`: GATEWAY_HISTORY_* settings (history_database's); None: history off.
     `rollout`: GATEWAY_ROLLOUT_* settings (rollout_directory's); None: rollout off.
+    `cache`: the answer cache on, in each worker's memory; off by default (see the module).
     """
-    name = "gateway-history" if history else "gateway-rollout" if rollout else "gateway"
+    # Its log and metrics folder are named after what is on.
+    name = "gateway"
+    if history:
+        name = "gateway-history"
+    elif rollout:
+        name = "gateway-rollout"
+    elif cache:
+        name = "gateway-cache"
     # Each gateway gets an empty multiprocess folder: no other run's worker files in its sums.
-    metrics_dir = log_dir / f"{name}-prometheus"
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    server = GatewayServer(
+    metrics = metrics_dir(log_dir, name)
+    metrics.mkdir(parents=True, exist_ok=True)
+    return GatewayServer(
         {
-            "GATEWAY_TRITON_URL": triton.grpc_url,
+            "GATEWAY_TRITON_URL": triton_url,
             "GATEWAY_DEFAULT_MODEL": model.name,
             "GATEWAY_MODEL_REPOSITORY": str(model.repository),
             "GATEWAY_API_KEYS": api_key,
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics),
             # Off unless asked for: a GATEWAY_HISTORY_URL in our environment must not leak in.
             "GATEWAY_HISTORY_URL": "",
             "GATEWAY_ROLLOUT_DIR": "",
+            # Off unless asked for: the bodies repeat a few photos, so a cache would answer
+            # most timed requests without decoding them or calling Triton.
+            "GATEWAY_CACHE": "on" if cache else "off",
+            # No Redis (the cache stays in each worker's memory) and no rate limit: neither
+            # from this environment may change what is measured.
+            "GATEWAY_REDIS_URL": "",
+            "GATEWAY_RATE_LIMIT": "",
             **(history or {}),
             **(rollout or {}),
         },
@@ -95,7 +134,11 @@ def gateway(
         log_path=log_dir / f"{name}.log",
         ready_path="/ready",
     )
-    return serving(server, GATEWAY_READY_TIMEOUT_S)
+
+
+def metrics_dir(log_dir: Path, name: str) -> Path:
+    """The prometheus_client multiprocess folder of the gateway named `name`."""
+    return log_dir / f"{name}-prometheus"
 
 
 def history_database(directory: Path) -> dict[str, str]:
@@ -277,11 +320,13 @@ def check_answer(port: int, body: bytes, headers: dict[str, str], require_id: bo
 
 
 def _with_gateway_breakdown(
-    port: int, progress: Callable[[str], None]
+    port: int,
+    progress: Callable[[str], None],
+    inner: Callable[[Callable[[], Measurement]], Measurement] | None = None,
 ) -> Callable[[Callable[[], Measurement]], Measurement]:
     def around(window: Callable[[], Measurement]) -> Measurement:
         before = gateway_metrics.scrape(port)
-        measurement = window()
+        measurement = inner(window) if inner is not None else window()
         measurement.server_breakdown_ms = gateway_metrics.breakdown(
             before, gateway_metrics.scrape(port)
         )
@@ -308,20 +353,49 @@ def measure_http(
     gateway_phases: bool = False,
     triton: tuple[str, str] | None = None,
     require_id: bool = False,
+    cpu_groups: Mapping[str, int] | None = None,
 ) -> list[Measurement]:
     """Check one answer, then sweep the concurrency levels against POST /analyze on `port`.
 
     With `gateway_phases`, each window also records the gateway's own per-phase mean times;
     with `triton` (gRPC URL, model name), Triton's per-phase mean times as well; with
-    `require_id`, the check answer must have been stored in the history.
+    `require_id`, the check answer must have been stored in the history; with `cpu_groups`
+    (name -> process group), the servers' CPU per image (bench.cpu_time).
     """
-    headers = {"Content-Type": "application/json", "X-API-Key": api_key}
+    headers = json_headers(api_key)
     label = check_answer(port, bodies[0], headers, require_id)
     progress(f"  check request answered label {label!r}")
     target = HttpTarget(
         host=HOST, port=port, path="/analyze", bodies=tuple(bodies), headers=tuple(headers.items())
     )
-    around = _with_gateway_breakdown(port, progress) if gateway_phases else None
+    return sweep_gateway(
+        target, levels, warmup_s, duration_s, progress, gateway_phases, triton, cpu_groups
+    )
+
+
+def json_headers(api_key: str) -> dict[str, str]:
+    """The headers of every JSON request to the gateway."""
+    return {"Content-Type": "application/json", "X-API-Key": api_key}
+
+
+def sweep_gateway(
+    target: HttpTarget,
+    levels: Sequence[int],
+    warmup_s: float,
+    duration_s: float,
+    progress: Callable[[str], None],
+    gateway_phases: bool,
+    triton: tuple[str, str] | None,
+    cpu_groups: Mapping[str, int] | None,
+) -> list[Measurement]:
+    """Sweep `target` at each level, each window wrapped in the snapshots asked for.
+
+    The CPU snapshots (`cpu_groups`: name -> process group) sit innermost, so the metrics
+    scrapes and statistics calls of the other wrappers stay outside what they count.
+    """
+    around = with_server_cpu(cpu_groups, progress) if cpu_groups else None
+    if gateway_phases:
+        around = _with_gateway_breakdown(target.port, progress, around)
     if triton is not None:
         around = with_triton_breakdown(*triton, progress, around)
     return sweep(target, levels, warmup_s, duration_s, progress, around)

@@ -2,7 +2,9 @@
 
 It publishes the small untrained mobilenet_v3_small with the export CLI, starts the real
 Triton, the gateway under gunicorn (history off, then on in SQLite, then history off with
-rollout routing on) and the seed Flask baseline, and measures each for about a second.
+rollout routing on, then with the answer cache on) and the seed Flask baseline, and measures
+each for about a second; /analyze/batch runs on the history-off gateway, and the batch
+strategy (one batched Triton request vs parallel singles) a few repetitions.
 Source photos come from scikit-image, written to a temporary folder, so the test does not
 depend on ../shared/imagenet-samples.
 """
@@ -28,6 +30,7 @@ HEADLINE_KEYS = (
     "whole_path_ips",
     "whole_path_history_ips",
     "whole_path_rollout_ips",
+    "whole_path_batch_ips",
     "baseline_ips",
     "batch1_latency_ms",
     "single_client_p50_ms",
@@ -44,7 +47,7 @@ def _write_photos(folder: Path) -> None:
 
 @pytest.mark.e2e
 def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) -> None:
-    """`python -m bench --smoke` measures all six stages, writes the JSON keys and a PNG chart."""
+    """`python -m bench --smoke` measures every stage, writes the JSON keys and a PNG chart."""
     photos = tmp_path / "photos"
     _write_photos(photos)
     json_path = tmp_path / "bench.json"
@@ -83,6 +86,8 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
         assert all(m["completed"] > 0 and m["p99_ms"] >= m["p50_ms"] > 0 for m in stages[stage])
     for stage in ("gateway", "gateway_history", "gateway_rollout"):
         assert set(stages[stage][0]["server_breakdown_ms"]) >= {"request", "decode", "triton"}
+        cpu = stages[stage][0]["server_cpu"]
+        assert cpu["total_ms_per_image"] > cpu["gateway_ms_per_image"] > 0, (stage, cpu)
     for stage in ("triton", "gateway", "gateway_history", "gateway_rollout"):  # per window
         phases = stages[stage][0]["triton_breakdown_ms"]
         assert phases["total"] >= phases["infer"] > 0 and phases["mean_batch"] >= 1, phases
@@ -103,12 +108,38 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
     assert rollout["routed"]["requests"] >= routed and rollout["routed"]["errors"] == 0
     assert isinstance(rollout["single_client_p50_added_ms"], float)
     assert 0 < rollout["routing_us_per_request"] <= rollout["routing"]["us_per_request_stat"]
+    # /analyze/batch vs one-image clients at C=1, with the servers' CPU per image.
+    batch = document["batch"]
+    entry = batch["by_clients"]["1"]
+    assert entry["images_in_flight"] == 8 and entry["batch_ips"] > 0 and entry["singles_ips"] > 0
+    for way in ("batch_cpu", "singles_cpu"):
+        cpu = entry[way]
+        assert cpu["total_ms_per_image"] >= cpu["gateway_ms_per_image"] > 0, (way, cpu)
+        assert cpu["triton_ms_per_image"] > 0, (way, cpu)
+    assert isinstance(batch["batch_vs_ort_limit"]["met"], bool)
+    pair = stages["gateway_batch"][0]
+    assert pair["batch"]["images_per_request"] == 8 and pair["singles"]["concurrency"] == 8
+    assert pair["batch"]["triton_breakdown_ms"]["mean_batch"] == 8
+    # One batched Triton request vs 8 parallel ones, both answering the same logits.
+    strategy = document["batch_strategy"]
+    assert strategy["outputs_match"] is True and strategy["faster"] in ("batched", "parallel")
+    assert strategy["batched"]["images_per_s"] > 0 and strategy["parallel"]["images_per_s"] > 0
+    assert strategy["batched"]["mean_batch"] == 8
+    # Cache hits: both workers warmed, every timed answer a hit, the miss from `gateway`.
+    cache = document["cache"]
+    assert cache["warm"]["workers_with_hits"] == cache["warm"]["workers"] == 2
+    assert cache["hits"] > 0 and cache["non_hits"] == 0
+    assert 0 < cache["hit_p50_ms"] < cache["miss_p50_ms"]
+    assert set(cache["hit_parts_ms"]) == {"json", "base64", "sha256", "served_version", "sum"}
     assert set(document["settings"]["stage_seconds"]) == {
         "ort",
         "triton",
+        "batch_strategy",
         "gateway",
+        "gateway_batch",
         "gateway_history",
         "gateway_rollout",
+        "gateway_cache",
         "baseline",
     }
     assert document["settings"]["payload"] == "1080p"
@@ -122,3 +153,6 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
     assert "\n  c=1   p50 " in completed.stdout
     assert "rollout routing on vs off (" in completed.stdout
     assert "rollout routing in-process:  choose + observe " in completed.stdout
+    assert "batch whole path / ORT limit: " in completed.stdout
+    assert "Triton strategy for 8 images" in completed.stdout
+    assert "cache hit p50 " in completed.stdout

@@ -6,10 +6,12 @@ import base64
 import http.server
 import io
 import json
+import os
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +22,18 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from torchvision import transforms
 
-from bench import cli, gateway_metrics, payloads, rollout_cost, whole_path
+from bench import (
+    batch_strategy,
+    cli,
+    cpu_time,
+    gateway_batch,
+    gateway_cache,
+    gateway_metrics,
+    loadgen,
+    payloads,
+    rollout_cost,
+    whole_path,
+)
 from bench.loadgen import HttpTarget, Measurement, measure
 from bench.ort_limit import BatchFigure, OrtLimit
 from bench.report import STAGES, BenchResults, rollout_summary, table, to_json, write_chart
@@ -321,8 +334,12 @@ def test_report_json_tolerates_skipped_stages() -> None:
         "routing_us_per_request": None,
         "routing": None,
     }
+    assert document["whole_path_batch_ips"] is None and document["batch"] is None
+    assert document["batch_strategy"] is None and document["cache"] is None
+    assert document["ratios"]["batch_whole_path_vs_ort_limit"] is None
     text = table(results, document)
     assert "history on vs off" not in text and "rollout routing" not in text
+    assert "/analyze/batch" not in text and "answer cache hits" not in text
 
 
 def _routing_cost() -> RoutingCost:
@@ -626,3 +643,357 @@ def test_server_that_exits_early_reports_its_log(tmp_path: Path) -> None:
     with pytest.raises(ServerError, match="cannot start: no model"):
         server.wait_ready("http://127.0.0.1:9/ready", timeout_s=30)
     server.stop()
+
+
+# -- batch, batch strategy, answer cache, server CPU ----------------------------------------
+
+
+def test_parse_stat_reads_the_group_and_cpu_ticks_after_an_awkward_name() -> None:
+    """The command name may hold spaces and ')': fields are read after the last ')'."""
+    fields = ["S", "1", "4242"] + [str(n) for n in range(6, 14)] + ["7", "5", "3", "2", "20"]
+    line = "4343 (gunicorn: worker [a) b]) " + " ".join(fields) + "\n"
+    stat = cpu_time.parse_stat(line)
+    assert (stat.pid, stat.pgrp, stat.cpu_ticks) == (4343, 4242, 7 + 5 + 3 + 2)
+    with pytest.raises(ValueError):
+        cpu_time.parse_stat("no name here")
+    with pytest.raises(ValueError):
+        cpu_time.parse_stat("1 (x) S 1 2")
+
+
+def _write_stat(proc: Path, pid: int, pgrp: int, utime: int, stime: int) -> None:
+    folder = proc / str(pid)
+    folder.mkdir(parents=True, exist_ok=True)
+    rest = ["S", "1", str(pgrp)] + ["0"] * 8 + [str(utime), str(stime), "0", "0", "20"]
+    (folder / "stat").write_text(f"{pid} (p {pid}) " + " ".join(rest) + "\n")
+
+
+def test_group_cpu_sums_the_live_members_of_one_process_group(tmp_path: Path) -> None:
+    """Only processes of the group count; unreadable or foreign entries are skipped."""
+    _write_stat(tmp_path, 10, 10, 100, 50)
+    _write_stat(tmp_path, 11, 10, 30, 20)
+    _write_stat(tmp_path, 12, 99, 1000, 1000)
+    (tmp_path / "13").mkdir()  # gone meanwhile: no stat file
+    (tmp_path / "self").mkdir()
+    expected = (100 + 50 + 30 + 20) / cpu_time.CLOCK_TICKS
+    assert cpu_time.group_cpu_s(10, tmp_path) == pytest.approx(expected)
+    assert cpu_time.group_cpu_s(12345, tmp_path) == 0.0
+
+
+def test_group_cpu_of_a_real_process_group_grows_while_it_works() -> None:
+    """A busy child in a session of its own: its group's CPU seconds, read from /proc, grow."""
+    import subprocess
+
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"],
+        start_new_session=True,
+    )
+    try:
+        first = cpu_time.group_cpu_s(busy.pid)
+        threading.Event().wait(0.5)
+        assert cpu_time.group_cpu_s(busy.pid) > first
+    finally:
+        busy.kill()
+        busy.wait(timeout=10)
+
+
+def test_cpu_use_divides_each_group_by_the_images_and_the_span() -> None:
+    """ms per image and cores busy per group and in total; nothing without images or time."""
+    before = cpu_time.CpuSnapshot(10.0, {"gateway": 5.0, "triton": 20.0})
+    after = cpu_time.CpuSnapshot(14.0, {"gateway": 6.0, "triton": 26.0})
+    figures = cpu_time.cpu_use(before, after, images=100)
+    assert figures == {
+        "gateway_ms_per_image": 10.0,
+        "gateway_cores": 0.25,
+        "triton_ms_per_image": 60.0,
+        "triton_cores": 1.5,
+        "total_ms_per_image": 70.0,
+        "total_cores": 1.75,
+        "images": 100.0,
+        "span_s": 4.0,
+    }
+    assert cpu_time.describe(figures) == ("gateway 10.0, triton 60.0, total 70.0 (1.75 cores busy)")
+    assert cpu_time.cpu_use(before, after, images=0) == {}
+    assert cpu_time.cpu_use(after, after, images=5) == {}
+    # With the machine's busy seconds: what it used beyond the groups is other work.
+    busy_before = cpu_time.CpuSnapshot(10.0, {"gateway": 5.0}, machine_s=100.0)
+    busy_after = cpu_time.CpuSnapshot(12.0, {"gateway": 6.0}, machine_s=103.0)
+    disturbed = cpu_time.cpu_use(busy_before, busy_after, images=10)
+    assert disturbed["machine_cores"] == 1.5 and disturbed["other_cores"] == 1.0
+    assert cpu_time.describe(disturbed) == (
+        "gateway 100.0, total 100.0 (0.50 cores busy, 1.00 more on the machine)"
+    )
+
+
+def test_machine_busy_seconds_leave_out_idle_and_iowait() -> None:
+    """/proc/stat's cpu line: user nice system idle iowait irq softirq steal guest ..."""
+    text = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n"
+    assert cpu_time.machine_busy_s(text) == pytest.approx(161 / cpu_time.CLOCK_TICKS)
+    with pytest.raises(ValueError):
+        cpu_time.machine_busy_s("intr 1 2 3\n")
+    real = cpu_time.snapshot({})
+    assert real.machine_s is not None and real.machine_s > 0 and real.groups == {}
+
+
+def test_with_server_cpu_counts_every_image_the_load_generator_answered() -> None:
+    """The images are answered requests x images per request, over the whole run."""
+    lines: list[str] = []
+    around = cpu_time.with_server_cpu({"me": os.getpgrp()}, lines.append)
+    window = Measurement(1, 1.0, [5.0] * 3, images_per_request=8, answered=5)
+    measurement = around(lambda: window)
+    assert measurement.server_cpu["images"] == 40.0
+    assert lines and lines[0].startswith("    server CPU ms/image: me ")
+
+
+def test_batch_bodies_group_consecutive_payloads_and_wrap_around() -> None:
+    """16 payloads in 8s: two bodies; 3 payloads: one body of 8 repeating them in order."""
+    jpegs = [bytes([n]) * 4 for n in range(16)]
+    bodies = payloads.batch_bodies(jpegs, 8)
+    assert len(bodies) == 2
+    second = json.loads(bodies[1])["images"]
+    assert second == [payloads.data_url(jpeg) for jpeg in jpegs[8:]]
+    few = json.loads(payloads.batch_bodies(jpegs[:3], 8)[0])["images"]
+    assert few == [payloads.data_url(jpegs[i % 3]) for i in range(8)]
+    assert len(payloads.batch_bodies(jpegs[:9], 8)) == 2
+    with pytest.raises(ValueError):
+        payloads.batch_bodies([], 8)
+
+
+def test_target_verdict_compares_the_batch_path_with_the_ort_limit() -> None:
+    """Met at 0.9 x the limit and above; not judged without both figures."""
+    assert gateway_batch.target_verdict(90.0, 100.0) == {"ratio": 0.9, "target": 0.9, "met": True}
+    assert gateway_batch.target_verdict(89.9, 100.0)["met"] is False
+    assert gateway_batch.target_verdict(None, 100.0) == {
+        "ratio": None,
+        "target": 0.9,
+        "met": None,
+    }
+    assert gateway_batch.target_verdict(50.0, None)["met"] is None
+    assert gateway_batch.target_verdict(50.0, 100.0, target=0.5)["met"] is True
+
+
+def _batch_pair(clients: int, batch_ms: float, batches: int, single_ms: float, singles: int) -> Any:
+    batch = Measurement(clients, 2.0, [batch_ms] * batches, images_per_request=8)
+    batch.server_cpu = {"gateway_ms_per_image": 10.0, "total_ms_per_image": 40.0, "images": 8.0}
+    batch.triton_breakdown_ms = {"queue": 1.0, "infer": 30.0, "total": 32.0, "mean_batch": 8.0}
+    single = Measurement(8 * clients, 2.0, [single_ms] * singles)
+    return gateway_batch.BatchPair(clients, batch, single)
+
+
+def test_report_gives_batch_vs_singles_cpu_and_the_target() -> None:
+    """Images/s of both ways per client count, their ratio and the ORT verdict, in JSON and text."""
+    results = BenchResults(
+        settings={},
+        ort=OrtLimit(
+            [BatchFigure(1, 50.0, 20.0, 25.0, 100), BatchFigure(8, 100.0, 80.0, 90.0, 20)]
+        ),
+        gateway_batch=[_batch_pair(1, 400.0, 10, 300.0, 60), _batch_pair(2, 600.0, 23, 500.0, 170)],
+    )
+    document = to_json(results)
+    batch = document["batch"]
+    assert batch["images_per_request"] == 8
+    one = batch["by_clients"]["1"]
+    assert (one["batch_ips"], one["singles_ips"], one["images_in_flight"]) == (40.0, 30.0, 8)
+    assert one["batch_vs_singles"] == pytest.approx(1.3333, abs=1e-4)
+    assert one["batch_vs_ort_limit"] == 0.4 and one["batch_p50_ms"] == 400.0
+    assert one["batch_cpu"] == {"gateway_ms_per_image": 10.0, "total_ms_per_image": 40.0}
+    assert batch["best_batch_ips"] == 92.0 and batch["best_singles_ips"] == 85.0
+    assert batch["batch_vs_ort_limit"] == {"ratio": 0.92, "target": 0.9, "met": True}
+    assert document["whole_path_batch_ips"] == 92.0
+    assert document["ratios"]["batch_whole_path_vs_ort_limit"] == 0.92
+    figures = document["stages"]["gateway_batch"]
+    assert [f["clients"] for f in figures] == [1, 2]
+    assert figures[0]["batch"]["images_per_s"] == 40.0 and figures[0]["singles"]["concurrency"] == 8
+    assert json.loads(json.dumps(document)) == document
+    text = table(results, document)
+    assert "/analyze/batch (8 images a request, C clients) vs 8 x C one-image clients:" in text
+    assert "batch whole path / ORT limit: 0.920 (best 92.00 img/s; target >= 0.9: met)" in text
+    assert "C=1  batch    Triton ms per request: queue 1.0, infer 30.0, total 32.0" in text
+
+
+def test_whole_path_breakdown_gives_the_server_cpu_per_image() -> None:
+    """A window with CPU figures gets a CPU line under its per-phase breakdown."""
+    window = Measurement(1, 1.0, [50.0] * 10)
+    window.server_breakdown_ms = {"request": 45.0, "decode": 5.0, "triton": 38.0, "other": 2.0}
+    window.server_cpu = {"gateway_ms_per_image": 12.0, "total_ms_per_image": 80.0}
+    results = BenchResults(settings={}, gateway=[window])
+    lines = table(results, to_json(results)).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  c=1   client mean"))
+    assert lines[start + 1] == "        server CPU ms/image: gateway 12.0, total 80.0"
+
+
+def test_batch_strategy_figures_pick_the_faster_way() -> None:
+    """Median and p95 of the repetitions, img/s from the median, the faster way and by how much."""
+    batched = batch_strategy.figure([0.4, 0.2, 0.3, 0.25, 0.35], 8, 8.0)
+    assert batched.median_s == 0.3 and batched.p95_s == 0.4
+    assert batched.images_per_s == pytest.approx(26.667, abs=1e-3)
+    parallel = batch_strategy.figure([0.6, 0.5, 0.55], 8, None)
+    strategy = batch_strategy.BatchStrategy(
+        images=8,
+        repeats=5,
+        batched=batched,
+        parallel=parallel,
+        outputs_match=True,
+        preprocess_ms_per_image={"decode": 8.0, "preprocess": 2.0, "total": 10.0},
+        draft_jpeg=True,
+    )
+    assert strategy.faster == "batched"
+    record = strategy.as_dict()
+    assert record["faster"] == "batched" and record["speedup"] == pytest.approx(1.8333, abs=1e-4)
+    results = BenchResults(settings={}, batch_strategy=strategy)
+    document = to_json(results)
+    assert document["batch_strategy"]["parallel"]["mean_batch"] is None
+    text = table(results, document)
+    assert "  faster: batched (x1.833); outputs match: True" in text
+    assert "gateway decode + preprocess in one thread: 10.0 ms per image" in text
+
+
+def test_worker_cache_counts_read_each_workers_own_counter_file(tmp_path: Path) -> None:
+    """Hits and misses per pid from prometheus_client's multiprocess counter files."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    def write(pid: int, values: dict[tuple[str, str], float]) -> None:
+        store = MmapedDict(str(tmp_path / f"counter_{pid}.db"))  # type: ignore[no-untyped-call]
+        for (sample, result), value in values.items():
+            key = mmap_key(
+                sample.removesuffix("_total"),
+                sample,
+                ["backend", "result"],
+                ["memory", result],
+                "help",
+            )
+            store.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+        store.close()  # type: ignore[no-untyped-call]
+
+    lookups = gateway_cache.CACHE_LOOKUPS
+    write(101, {(lookups, "hit"): 3.0, (lookups, "miss"): 1.0, ("other_total", "hit"): 9.0})
+    write(102, {(lookups, "hit"): 0.0, (lookups, "miss"): 1.0})
+    (tmp_path / "counter_junk.db").write_bytes(b"")
+    (tmp_path / "gauge_livesum_101.db").write_bytes(b"")
+    assert gateway_cache.worker_cache_counts(tmp_path) == {
+        101: {"hit": 3.0, "miss": 1.0},
+        102: {"hit": 0.0, "miss": 1.0},
+    }
+    assert gateway_cache.worker_cache_counts(tmp_path / "absent") == {}
+
+
+def test_load_generator_counts_answers_marked_cached(tmp_path: Path) -> None:
+    """With count_cached, answers saying "cached": true are hits and the others non-hits."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        count = 0
+        lock = threading.Lock()
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with self.lock:
+                type(self).count += 1
+                cached = self.count % 2 == 0
+            body = json.dumps({"label": "cat", "cached": cached}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Stay quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        target = HttpTarget("127.0.0.1", port, "/analyze", bodies=(b"{}",), count_cached=True)
+        result = measure(target, concurrency=1, warmup_s=0.1, duration_s=0.4)
+        plain = measure(HttpTarget("127.0.0.1", port, "/analyze", bodies=(b"{}",)), 1, 0.0, 0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert result.cache_hits is not None and result.cache_misses is not None
+    assert result.cache_hits + result.cache_misses == result.completed > 2
+    assert abs(result.cache_hits - result.cache_misses) <= 1
+    assert result.answered >= result.completed and result.images_per_s == result.throughput
+    assert plain.cache_hits is None and plain.cache_misses is None
+    assert loadgen.CACHED_MARK.search(b'{"cached": true}') and not loadgen.CACHED_MARK.search(
+        b'{"cached":false}'
+    )
+
+
+def test_report_gives_cache_hits_against_the_cache_off_miss() -> None:
+    """Hit p50 at the lowest level, the cache-off gateway's p50 as the miss, the target."""
+    hits = Measurement(1, 1.0, [2.0] * 99 + [4.0], cache_hits=100, cache_misses=0)
+    four = Measurement(4, 1.0, [3.0] * 50, cache_hits=49, cache_misses=1)
+    results = BenchResults(
+        settings={},
+        gateway=[Measurement(4, 1.0, [60.0]), Measurement(1, 1.0, [40.0])],
+        gateway_cache=[hits, four],
+        cache_warm={"requests": 5, "workers": 2, "workers_with_hits": 2},
+        cache_hit_parts={"json": 0.2, "sum": 0.2},
+        cache_payload_kib=300.0,
+    )
+    document = to_json(results)
+    cache = document["cache"]
+    assert cache["hit_p50_ms"] == 2.0 and cache["miss_p50_ms"] == 40.0
+    assert cache["hit_vs_miss"] == 0.05 and cache["target_met"] is True
+    assert cache["miss_source"] == "gateway stage (cache off) at c=1"
+    assert (cache["hits"], cache["non_hits"]) == (149, 1)
+    assert cache["by_concurrency"]["4"] == {
+        "hit_p50_ms": 3.0,
+        "hit_p95_ms": 3.0,
+        "ips": 50.0,
+        "hits": 49,
+        "non_hits": 1,
+    }
+    assert [m["cache_hits"] for m in document["stages"]["gateway_cache"]] == [100, 49]
+    text = table(results, document)
+    assert (
+        "answer cache hits (one 300 KiB JPEG, memory; warmed with 5 requests, 2 of 2 workers"
+        in text
+    )
+    assert "cache hit p50 2.00 ms vs miss p50 40.00 ms" in text and "target <= 3 ms: met" in text
+    slow = BenchResults(settings={}, gateway_cache=[Measurement(1, 1.0, [3.5])])
+    assert to_json(slow)["cache"]["target_met"] is False
+    assert to_json(slow)["cache"]["miss_p50_ms"] is None
+
+
+def test_every_gateway_but_the_cache_stages_runs_with_the_answer_cache_off(
+    tmp_path: Path,
+) -> None:
+    """GATEWAY_CACHE=off unless asked for, whatever this environment says; no Redis."""
+    from bench.repository import PublishedModel
+
+    model = PublishedModel(
+        tmp_path,
+        "m",
+        "1",
+        "resnet50",
+        preprocess_from(config_parameters(CONTRACT_CONFIG)),
+        None,
+        "",
+    )
+    plain = whole_path.gateway_server(model, "127.0.0.1:1", "k", tmp_path)
+    assert plain.env["GATEWAY_CACHE"] == "off" and plain.env["GATEWAY_REDIS_URL"] == ""
+    history = whole_path.gateway_server(model, "127.0.0.1:1", "k", tmp_path, {"X": "1"})
+    assert history.env["GATEWAY_CACHE"] == "off"
+    cached = whole_path.gateway_server(model, "127.0.0.1:1", "k", tmp_path, cache=True)
+    assert cached.env["GATEWAY_CACHE"] == "on"
+    assert cached.log_path == tmp_path / "gateway-cache.log"
+    assert cached.env["PROMETHEUS_MULTIPROC_DIR"] == str(
+        whole_path.metrics_dir(tmp_path, "gateway-cache")
+    )
+
+
+def test_cli_defaults_of_the_batch_and_cache_stages() -> None:
+    """C = 1,2,4 batch clients of 8 images, 30 strategy repeats, cache at 1,4; less in smoke."""
+    full = cli.settle(cli.parse_args([]))
+    assert (full.batch_images, full.batch_clients) == (8, [1, 2, 4])
+    assert full.strategy_repeats == 30 and full.cache_concurrency == [1, 4]
+    assert {"batch_strategy", "gateway_batch", "gateway_cache"} <= set(full.stages)
+    smoke = cli.settle(cli.parse_args(["--smoke"]))
+    assert smoke.batch_clients == [1] and smoke.strategy_repeats == 5
+    assert smoke.cache_concurrency == [1]
+    with pytest.raises(cli.UsageError, match="--batch-images"):
+        cli.settle(cli.parse_args(["--batch-images", "0"]))
+    with pytest.raises(cli.UsageError, match="--batch-clients"):
+        cli.settle(cli.parse_args(["--batch-clients", "0"]))
