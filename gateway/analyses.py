@@ -90,7 +90,8 @@ def _integer(name: str, default: int, maximum: int) -> int:
     text = request.args.get(name)
     if text is None or text == "":
         return default
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= maximum:
+    # Bounded length first: int() refuses more than 4300 digits with a ValueError (a 500).
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or not 1 <= int(text) <= maximum:
         raise BadRequest(f"{name} must be a whole number from 1 to {maximum}.")
     return int(text)
 

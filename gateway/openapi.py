@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import errors
+from gateway import analyses, errors
+from gateway.history.ids import ALPHABET, ID_LENGTH
 from gateway.payload import MAX_TOP_K
 
 JSON = "application/json"
@@ -21,9 +22,14 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+# Codes answered by json_error() directly rather than by a GatewayError: the handlers' own
+# fallbacks (gateway/errors.py) and /ready's refusal (gateway/routes.py).
+_DIRECT_CODES = frozenset({"internal_error", "http_error", "not_ready"})
+
+
 def error_codes() -> list[str]:
-    """Every error code a GatewayError subclass or Werkzeug's mapped errors can answer."""
-    codes: set[str] = {"internal_error", "http_error"}
+    """Every error code an answer can carry: GatewayErrors, Werkzeug's mapped errors, json_error."""
+    codes: set[str] = set(_DIRECT_CODES)
     pending: list[type[errors.GatewayError]] = [errors.GatewayError]
     while pending:
         cls = pending.pop()
@@ -58,18 +64,30 @@ _ANALYZE_ERRORS: dict[str, Schema] = {
     ),
     "504": _error_response("Triton did not answer in time."),
 }
+# The patterns let through everything gateway/payload.py accepts (an empty value means "not
+# given"; leading zeros and, for top_k, surrounding whitespace are tolerated), so that a
+# request the document calls invalid is one the gateway refuses (tests/
+# test_contract_schemathesis.py). What they let through that the gateway still refuses (a
+# ".." in a model name, more than 19 digits) is answered 400 as documented.
 _OPTIONS: dict[str, Schema] = {
     "model": {
         "type": "string",
-        "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$",
-        "description": "Model name; default GATEWAY_DEFAULT_MODEL.",
+        "pattern": r"^([A-Za-z0-9][A-Za-z0-9_.\-]{0,127})?$",
+        "description": 'Model name (no ".."); empty or absent: GATEWAY_DEFAULT_MODEL.',
     },
     "version": {
         "type": "string",
-        "pattern": r"^(latest|[1-9][0-9]{0,17})$",
-        "description": "A version number; default: the rollout's choice or the newest ready.",
+        "pattern": r"^(latest|0*[1-9][0-9]{0,18})?$",
+        "description": "A version number; empty, absent or latest: the rollout's choice or "
+        "the newest ready.",
     },
     "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 5},
+}
+# top_k where it travels as text (the query string, a multipart field).
+_TOP_K_TEXT: Schema = {
+    "type": "string",
+    "pattern": r"^\s*(0*([1-9]|1[0-9]|20))?\s*$",
+    "description": f"1 to {MAX_TOP_K}; empty or absent: GATEWAY_DEFAULT_TOP_K (5).",
 }
 
 
@@ -79,16 +97,16 @@ def _query_options() -> list[Schema]:
             "name": name,
             "in": "query",
             "required": False,
-            "schema": (
-                {"type": "string", "pattern": r"^([1-9]|1[0-9]|20)$"} if name == "top_k" else schema
-            ),
+            "schema": _TOP_K_TEXT if name == "top_k" else schema,
         }
         for name, schema in _OPTIONS.items()
     ]
 
 
 def _json_body_options() -> dict[str, Schema]:
-    version = {"oneOf": [_OPTIONS["version"], {"type": "integer", "minimum": 1}]}
+    version = {
+        "oneOf": [_OPTIONS["version"], {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}]
+    }
     return {"model": _OPTIONS["model"], "version": version, "top_k": _OPTIONS["top_k"]}
 
 
@@ -183,9 +201,40 @@ def _schemas() -> dict[str, Schema]:
                 "label": {"type": "string"},
                 "confidence": {"type": "number"},
                 "predictions": {"type": "array", "items": _ref("Prediction")},
-                "image": {"type": "object"},
-                "timings_ms": {"type": "object"},
+                "image": {
+                    "type": "object",
+                    "required": ["sha256", "format", "width", "height", "bytes"],
+                    "properties": {
+                        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "format": {"type": "string"},
+                        "width": {"type": "integer", "minimum": 1},
+                        "height": {"type": "integer", "minimum": 1},
+                        "bytes": {"type": "integer", "minimum": 1},
+                    },
+                },
+                "timings_ms": {
+                    "type": "object",
+                    "required": ["decode", "preprocess", "triton"],
+                    "properties": {
+                        "decode": {"type": "number", "minimum": 0},
+                        "preprocess": {"type": "number", "minimum": 0},
+                        "triton": {"type": "number", "minimum": 0},
+                    },
+                },
                 "request_id": {"type": "string"},
+            },
+        },
+        "LabelCount": {
+            "type": "object",
+            "required": ["label", "count"],
+            "properties": {"label": {"type": "string"}, "count": {"type": "integer", "minimum": 1}},
+        },
+        "DayCount": {
+            "type": "object",
+            "required": ["day", "count"],
+            "properties": {
+                "day": {"type": "string", "format": "date"},
+                "count": {"type": "integer", "minimum": 1},
             },
         },
     }
@@ -219,7 +268,7 @@ def _analyze_operation() -> Schema:
                             "image": {"type": "string", "format": "binary"},
                             "model": _OPTIONS["model"],
                             "version": _OPTIONS["version"],
-                            "top_k": {"type": "string", "pattern": r"^([1-9]|1[0-9]|20)$"},
+                            "top_k": _TOP_K_TEXT,
                         },
                     }
                 },
@@ -270,7 +319,7 @@ def _batch_operation() -> Schema:
                             },
                             "model": _OPTIONS["model"],
                             "version": _OPTIONS["version"],
-                            "top_k": {"type": "string", "pattern": r"^([1-9]|1[0-9]|20)$"},
+                            "top_k": _TOP_K_TEXT,
                         },
                     }
                 },
@@ -281,9 +330,15 @@ def _batch_operation() -> Schema:
                 "description": "One entry per image, in request order.",
                 "content": {JSON: {"schema": _ref("BatchResult")}},
             },
-            **_ANALYZE_ERRORS,
+            # An image the gateway cannot read fails alone, in `results`: no 415 here.
+            **{status: answer for status, answer in _ANALYZE_ERRORS.items() if status != "415"},
+            "413": _error_response("Body over the limit, or more images than a batch holds."),
         },
     }
+
+
+# A history row's id (gateway/history/ids.py): a ULID in Crockford base32.
+_ANALYSIS_ID = f"^[0-7][{ALPHABET}]{{{ID_LENGTH - 1}}}$"
 
 
 def _history_operations() -> dict[str, Schema]:
@@ -294,7 +349,7 @@ def _history_operations() -> dict[str, Schema]:
         "name": "analysis_id",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "maxLength": 64},
+        "schema": {"type": "string", "pattern": _ANALYSIS_ID},
     }
 
     def query(name: str, schema: Schema) -> Schema:
@@ -308,10 +363,25 @@ def _history_operations() -> dict[str, Schema]:
                 "summary": "The caller's analyses, newest first",
                 "operationId": "listAnalyses",
                 "parameters": [
-                    query("limit", {"type": "string", "pattern": "^[0-9]{1,3}$"}),
-                    query("before", {"type": "string"}),
+                    query(
+                        "limit",
+                        {
+                            "type": "string",
+                            "pattern": r"^(0*([1-9][0-9]?|100))?$",
+                            "description": f"1 to {analyses.MAX_LIMIT}; empty or absent: "
+                            f"{analyses.DEFAULT_LIMIT}.",
+                        },
+                    ),
+                    query(
+                        "before",
+                        {
+                            "type": "string",
+                            "pattern": f"^({_ANALYSIS_ID[1:-1]})?$",
+                            "description": "The `next` of the previous page.",
+                        },
+                    ),
                     query("model", _OPTIONS["model"]),
-                    query("label", {"type": "string", "maxLength": 256}),
+                    query("label", {"type": "string", "maxLength": analyses.MAX_LABEL_CHARS}),
                 ],
                 "responses": {
                     "200": {
@@ -366,7 +436,17 @@ def _history_operations() -> dict[str, Schema]:
                 **common,
                 "summary": "Counts by label and by UTC day",
                 "operationId": "summarizeAnalyses",
-                "parameters": [query("days", {"type": "string", "pattern": "^[0-9]{1,3}$"})],
+                "parameters": [
+                    query(
+                        "days",
+                        {
+                            "type": "string",
+                            "pattern": r"^(0*([1-9][0-9]?|[12][0-9]{2}|3[0-5][0-9]|36[0-6]))?$",
+                            "description": f"1 to {analyses.MAX_DAYS}; empty or absent: "
+                            f"{analyses.DEFAULT_DAYS}.",
+                        },
+                    )
+                ],
                 "responses": {
                     "200": {
                         "description": "Totals over the last `days` days.",
@@ -376,11 +456,11 @@ def _history_operations() -> dict[str, Schema]:
                                     "type": "object",
                                     "required": ["days", "since", "total", "by_label", "by_day"],
                                     "properties": {
-                                        "days": {"type": "integer"},
-                                        "since": {"type": "string"},
-                                        "total": {"type": "integer"},
-                                        "by_label": {"type": "array"},
-                                        "by_day": {"type": "array"},
+                                        "days": {"type": "integer", "minimum": 1},
+                                        "since": {"type": "string", "format": "date"},
+                                        "total": {"type": "integer", "minimum": 0},
+                                        "by_label": {"type": "array", "items": _ref("LabelCount")},
+                                        "by_day": {"type": "array", "items": _ref("DayCount")},
                                     },
                                 }
                             }

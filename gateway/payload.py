@@ -207,4 +207,10 @@ def _from_multipart(request: Request, max_bytes: int) -> tuple[bytes, dict[str, 
 
 
 def _query(request: Request) -> dict[str, str]:
-    return {key: request.args[key] for key in _PARAMETERS if key in request.args}
+    options = {key: request.args[key] for key in _PARAMETERS if key in request.args}
+    # The body's own options take precedence, but a malformed one in the query string is
+    # refused all the same: a malformed input is never silently ignored.
+    parse_model(options.get("model"))
+    parse_version(options.get("version"))
+    parse_top_k(options.get("top_k"), 1)
+    return options
