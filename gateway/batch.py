@@ -79,9 +79,10 @@ def analyze_batch() -> Response:
     with ExitStack() as slot:
         with refusal_counted(svc):
             slot.enter_context(svc.admission.admit(weight=count))
-        results = _classify(svc, parsed.entries, name, version, parsed.top_k, route, read_s)
+        results, spent = _classify(svc, parsed.entries, name, version, parsed.top_k, route, read_s)
     svc.metrics.batch_images.observe(count)
-    telemetry.report(telemetry.Analysis(name, version, StageTimings()))
+    # The request's stage times are the sums over its images (the Triton calls' included).
+    telemetry.report(telemetry.Analysis(name, version, spent))
     return jsonify(results=results)
 
 
@@ -93,9 +94,10 @@ def _classify(
     top_k: int,
     route: Route | None,
     read_s: float,
-) -> list[dict[str, Any]]:
-    """Every entry's answer or error, cache hits first, the misses in batched Triton calls."""
+) -> tuple[list[dict[str, Any]], StageTimings]:
+    """Every entry's answer or error (hits from the cache, misses in batched Triton calls)."""
     results: list[dict[str, Any] | None] = [None] * len(entries)
+    total = StageTimings(decode_s=read_s)
     read = StageTimings(decode_s=read_s / len(entries))  # the body's parsing, shared out
     misses: list[tuple[int, bytes, CacheLookup | None]] = []
     for index, entry in enumerate(entries):
@@ -118,6 +120,7 @@ def _classify(
         )
         for (index, data, lookup), attempt in zip(misses, attempts, strict=True):
             spent = attempt.timings
+            total += spent
             seconds = spent.decode_s + spent.preprocess_s + spent.triton_s
             count_version(svc, name, version, route, attempt, seconds)
             if isinstance(attempt.error, GatewayError):  # the image's own failure
@@ -126,7 +129,7 @@ def _classify(
             if lookup is not None and attempt.image is not None:
                 lookup.store(CachedAnswer(attempt.result(), attempt.image))
             results[index] = answer_of(svc, data, attempt, read + spent, cached=False)
-    return [result for result in results if result is not None]
+    return [result for result in results if result is not None], total
 
 
 def _error(error: GatewayError) -> dict[str, Any]:

@@ -6,6 +6,8 @@
 #   qemu-user       qemu-x86_64 -cpu Haswell: int8 models checked on an emulated AVX2-only CPU
 #   postgresql      initdb/pg_ctl/postgres: tests/fixtures/postgres.py runs a throwaway cluster
 #   redis-server    tests/fixtures/redis.py runs a throwaway Redis
+#   chromium        tests/fixtures/browser.py drives Debian's headless Chromium (the try-it page)
+#   chromium-driver its chromedriver, which Selenium is given (nothing is downloaded at run time)
 # Quick when they are already there. Needs root or sudo; otherwise it says what to install.
 set -euo pipefail
 
@@ -18,6 +20,8 @@ command -v qemu-x86_64 >/dev/null 2>&1 || need+=(qemu-user)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # Debian's redis-server package brings redis-tools (redis-cli) with it.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -5,6 +5,7 @@
 - tests/fixtures/gateway.py: the real gateway under gunicorn, over HTTP;
 - tests/fixtures/postgres.py: a real, throwaway PostgreSQL cluster and fresh databases on it;
 - tests/fixtures/redis.py: a real, throwaway Redis (crash and restart it; or one of a test's own);
+- tests/fixtures/browser.py: Debian's headless Chromium under Selenium (offline), screenshots;
 - tests/reliability_support.py: the Python-backend models and their session Triton.
 """
 
@@ -14,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.postgres",
     "tests.fixtures.redis",
+    "tests.fixtures.browser",
     "tests.reliability_support",
 ]
 

@@ -101,8 +101,8 @@ async function analyze(file) {
     setStatus(MESSAGES[413], true);
     return;
   }
-  const section = $("result-section");
-  section.setAttribute("aria-busy", "true");
+  const list = $("predictions");
+  list.setAttribute("aria-busy", "true");
   setStatus("Analyzing…", false);
   const form = new FormData();
   form.append("image", file, file.name || "image");
@@ -123,7 +123,7 @@ async function analyze(file) {
   } catch (error) {
     setStatus("The gateway could not be reached. Check that it is running, then try again.", true);
   } finally {
-    section.setAttribute("aria-busy", "false");
+    list.setAttribute("aria-busy", "false");
   }
 }
 
@@ -142,8 +142,9 @@ async function loadRecent() {
     for (const row of payload.analyses) {
       const item = document.createElement("li");
       const when = new Date(row.created_at).toLocaleString();
+      // The listing's model is {name, version} (GET /analyses), as in an /analyze answer.
       item.textContent = row.label + " (" + Number(row.confidence).toFixed(1) + " %), " +
-        row.model + " v" + row.version + ", " + when;
+        row.model.name + " v" + row.model.version + ", " + when;
       list.append(item);
     }
     $("recent-section").hidden = payload.analyses.length === 0;
@@ -195,6 +196,8 @@ function setUp() {
     zone.classList.remove("dragging");
     analyze(event.dataTransfer.files[0]);
   });
+  // A button: a click (or tap) opens the file chooser, as Enter and Space do.
+  zone.addEventListener("click", () => $("file-input").click());
   zone.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
