@@ -16,8 +16,10 @@ from gateway.rollout.state import (
     RolloutStore,
     adopt,
     now_s,
+    promote,
     propose,
     record_verification,
+    rollback,
     start_canary,
 )
 from tests.fakes_gateway import (
@@ -162,3 +164,40 @@ def test_no_route_changes_a_rollout(
             response = getattr(client, method)(path, headers=KEY, json={"stable": "2"})
             assert response.status_code in (404, 405), (method, path, response.status_code)
     assert store.path("resnet50").read_bytes() == before
+
+
+def test_cached_answers_follow_promotion_and_rollback(
+    make_gateway_app: MakeApp, two_versions: FakeBackend, tmp_path: Path
+) -> None:
+    """With the answer cache on, a promotion or rollback changes the answer at once."""
+    store = RolloutStore(tmp_path / "rollout")
+    store.update("resnet50", lambda _s: adopt("resnet50", "1", WHO, now_s()))
+    app = _app(make_gateway_app, tmp_path / "rollout")
+    first, again = _analyze(app), _analyze(app)
+    assert (first["model"], first["cached"], again["cached"]) == (
+        {"name": "resnet50", "version": "1"},
+        False,
+        True,
+    )
+    store.update(
+        "resnet50",
+        lambda _s: promote(
+            record_verification(
+                propose(adopt("resnet50", "1", WHO, now_s()), "2", WHO, now_s()),
+                "2",
+                {"passed": True, "reasons": []},
+                WHO,
+                now_s(),
+            ),
+            WHO,
+            now_s(),
+        ),
+    )
+    time.sleep(0.1)  # beyond GATEWAY_ROLLOUT_REFRESH_S
+    promoted = _analyze(app)
+    assert (promoted["model"]["version"], promoted["cached"]) == ("2", False)  # type: ignore[index]
+    assert promoted["label"] == "other 5" and _analyze(app)["cached"] is True
+    store.update("resnet50", lambda state: rollback(state, WHO, now_s()))  # type: ignore[arg-type]
+    time.sleep(0.1)
+    back = _analyze(app)
+    assert back["model"]["version"] == "1" and back["label"] == first["label"]  # type: ignore[index]
