@@ -166,8 +166,11 @@ class PausedExport:
         self.process.wait(timeout=30)
         pytest.fail(f"the export never reached the pause point:\n{''.join(self._seen)}")
 
-    def finish(self, timeout: float = 60) -> tuple[int, str]:
-        """Wait for the exit; return the exit code and everything printed on stderr."""
+    def finish(self, timeout: float = 180) -> tuple[int, str]:
+        """Wait for the exit; return the exit code and everything printed on stderr.
+
+        Generous: on a loaded 2-core machine an interrupted export took over 60 s to unwind.
+        """
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=10)
         while not self._lines.empty():
