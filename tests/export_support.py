@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -127,6 +128,11 @@ def fault_command(fault: str, *args: str) -> list[str]:
     return [export_python(), "-m", "tests.export_faults", fault, *args]
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT's default disposition, so Ctrl-C is a KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class PausedExport:
     """The CLI started with the pause hook, its stderr collected by a reader thread."""
 
@@ -139,6 +145,9 @@ class PausedExport:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=new_session,
+            # A test run started in the background (`make test &`) inherits SIGINT ignored,
+            # and Python then never installs its Ctrl-C handler: the child gets it back.
+            preexec_fn=_default_sigint,
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self._seen: list[str] = []
