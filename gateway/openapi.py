@@ -240,101 +240,87 @@ def _schemas() -> dict[str, Schema]:
     }
 
 
-def _analyze_operation() -> Schema:
+def _object(required: str, properties: Schema) -> Schema:
+    """A JSON object schema with one required property."""
+    return {"type": "object", "required": [required], "properties": properties}
+
+
+def _multipart(image: Schema) -> Schema:
+    """A multipart form: the `image` field(s) and the text options."""
+    options = {"model": _OPTIONS["model"], "version": _OPTIONS["version"], "top_k": _TOP_K_TEXT}
+    return {"schema": _object("image", {"image": image, **options})}
+
+
+def _classify_operation(
+    *,
+    summary: str,
+    description: str,
+    operation_id: str,
+    content: Schema,
+    answer: tuple[str, str],
+    errors: dict[str, Schema],
+) -> Schema:
+    """An operation of the classify tag: authenticated, query options, a required body."""
+    answer_description, answer_schema = answer
     return {
-        "summary": "Classify one image",
-        "description": "Send the image as JSON (data URL or base64), as a multipart `image` "
-        "file, or as the raw bytes (options in the query string).",
-        "operationId": "analyze",
+        "summary": summary,
+        "description": description,
+        "operationId": operation_id,
         "tags": ["classify"],
         "security": _SECURITY,
         "parameters": _query_options(),
-        "requestBody": {
-            "required": True,
-            "content": {
-                JSON: {
-                    "schema": {
-                        "type": "object",
-                        "required": ["image"],
-                        "properties": {"image": _IMAGE_TEXT, **_json_body_options()},
-                    },
-                    "example": {"image": "data:image/jpeg;base64,/9j/4AAQSkZJRg...", "top_k": 5},
-                },
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["image"],
-                        "properties": {
-                            "image": {"type": "string", "format": "binary"},
-                            "model": _OPTIONS["model"],
-                            "version": _OPTIONS["version"],
-                            "top_k": _TOP_K_TEXT,
-                        },
-                    }
-                },
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-            },
-        },
+        "requestBody": {"required": True, "content": content},
         "responses": {
             "200": {
-                "description": "The top-k predictions and the version that answered.",
-                "content": {JSON: {"schema": _ref("Analysis")}},
+                "description": answer_description,
+                "content": {JSON: {"schema": _ref(answer_schema)}},
             },
-            **_ANALYZE_ERRORS,
+            **errors,
         },
     }
 
 
+_BINARY: Schema = {"type": "string", "format": "binary"}
+
+
+def _analyze_operation() -> Schema:
+    return _classify_operation(
+        summary="Classify one image",
+        description="Send the image as JSON (data URL or base64), as a multipart `image` "
+        "file, or as the raw bytes (options in the query string).",
+        operation_id="analyze",
+        content={
+            JSON: {
+                "schema": _object("image", {"image": _IMAGE_TEXT, **_json_body_options()}),
+                "example": {"image": "data:image/jpeg;base64,/9j/4AAQSkZJRg...", "top_k": 5},
+            },
+            "multipart/form-data": _multipart(_BINARY),
+            "image/*": {"schema": _BINARY},
+        },
+        answer=("The top-k predictions and the version that answered.", "Analysis"),
+        errors=_ANALYZE_ERRORS,
+    )
+
+
 def _batch_operation() -> Schema:
-    return {
-        "summary": "Classify several images",
-        "description": "At most GATEWAY_MAX_BATCH_IMAGES images (default: the model's "
+    images = {"type": "array", "items": _IMAGE_TEXT, "minItems": 1}
+    return _classify_operation(
+        summary="Classify several images",
+        description="At most GATEWAY_MAX_BATCH_IMAGES images (default: the model's "
         "max_batch_size); each image is answered, or fails alone with an error entry. "
         "The rate limit counts one per image.",
-        "operationId": "analyzeBatch",
-        "tags": ["classify"],
-        "security": _SECURITY,
-        "parameters": _query_options(),
-        "requestBody": {
-            "required": True,
-            "content": {
-                JSON: {
-                    "schema": {
-                        "type": "object",
-                        "required": ["images"],
-                        "properties": {
-                            "images": {"type": "array", "items": _IMAGE_TEXT, "minItems": 1},
-                            **_json_body_options(),
-                        },
-                    }
-                },
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["image"],
-                        "properties": {
-                            "image": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                            },
-                            "model": _OPTIONS["model"],
-                            "version": _OPTIONS["version"],
-                            "top_k": _TOP_K_TEXT,
-                        },
-                    }
-                },
-            },
+        operation_id="analyzeBatch",
+        content={
+            JSON: {"schema": _object("images", {"images": images, **_json_body_options()})},
+            "multipart/form-data": _multipart({"type": "array", "items": _BINARY}),
         },
-        "responses": {
-            "200": {
-                "description": "One entry per image, in request order.",
-                "content": {JSON: {"schema": _ref("BatchResult")}},
-            },
+        answer=("One entry per image, in request order.", "BatchResult"),
+        errors={
             # An image the gateway cannot read fails alone, in `results`: no 415 here.
             **{status: answer for status, answer in _ANALYZE_ERRORS.items() if status != "415"},
             "413": _error_response("Body over the limit, or more images than a batch holds."),
         },
-    }
+    )
 
 
 # A history row's id (gateway/history/ids.py): a ULID in Crockford base32.
