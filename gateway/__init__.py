@@ -60,11 +60,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update({k: v for k, v in overrides.items() if not k.startswith(PREFIX)})
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    metrics = GatewayMetrics()
     if backend is None:
         from gateway.triton import TritonBackend  # tritonclient only when Triton is used
 
         backend = TritonBackend(
-            settings.triton_url, settings.triton_timeout_s, settings.ready_timeout_s
+            settings.triton_url,
+            settings.triton_timeout_s,
+            settings.ready_timeout_s,
+            on_retry=lambda what: metrics.triton_retries.labels(what).inc(),
         )
     classifier = Classifier(
         backend,
@@ -74,7 +78,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         cache_ttl_s=settings.model_cache_ttl_s,
         draft_jpeg=settings.jpeg_draft,
     )
-    metrics = GatewayMetrics()
     link = _redis_link(settings, metrics)
     history = _history(settings)
     rollout = _rollout(settings, classifier, backend, metrics)

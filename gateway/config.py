@@ -5,7 +5,9 @@ authentication is on (the default): a gateway that silently accepts everyone is 
 worse failure than one that refuses to start.
 
 ==============================  ==========================================================
-GATEWAY_TRITON_URL              Triton gRPC host:port (127.0.0.1:8001)
+GATEWAY_TRITON_URL              Triton's gRPC host:port (127.0.0.1:8001); several servers,
+                                balanced per request (round_robin), as a comma-separated
+                                list or ``dns:///name:port`` (gateway/triton_target.py)
 GATEWAY_DEFAULT_MODEL           model used when a request names none (resnet50)
 GATEWAY_MODEL_REPOSITORY        the repository directory, read-only, for labels.txt
                                 (model_repository)
@@ -81,12 +83,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.ratelimit import RateLimitSyntaxError, parse_rate_limit
+from gateway.triton_target import TargetError, parse_target
 from model_contract.files import is_valid_model_name
 
 PREFIX = "GATEWAY_"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 #: Threads per worker beyond the admission gate's working and waiting requests, so that
@@ -154,11 +156,10 @@ class Settings:
         if not is_valid_model_name(default_model):
             raise ConfigError(f"GATEWAY_DEFAULT_MODEL={default_model!r} is not a valid model name")
         triton_url = env.text("TRITON_URL", cls.triton_url)
-        match = _HOST_PORT.fullmatch(triton_url)
-        if match is None or not 0 < int(match.group(1)) < 65536:
-            raise ConfigError(
-                f"GATEWAY_TRITON_URL={triton_url!r} must be a gRPC host:port such as 127.0.0.1:8001"
-            )
+        try:
+            parse_target(triton_url)
+        except TargetError as exc:
+            raise ConfigError(f"GATEWAY_TRITON_URL={triton_url!r}: {exc}") from None
         log_level = _read_log_level(env)
         return cls(
             triton_url=triton_url,

@@ -149,6 +149,13 @@ class GatewayMetrics:
             multiprocess_mode="livemin",
             registry=registry,
         )
+        self.triton_retries = Counter(
+            "gateway_triton_retries_total",
+            "Triton calls retried once after a connection failure, by call (with several "
+            "servers the retry goes to another one).",
+            ["what"],
+            registry=registry,
+        )
         self.batch_images = Histogram(
             "gateway_batch_images",
             "Images per /analyze/batch request.",

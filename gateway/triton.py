@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.triton_target import ResolveError, Server, parse_target
 
 log = logging.getLogger("gateway.triton")
 
@@ -50,19 +52,50 @@ _CHANNEL_ARGS: list[tuple[str, Any]] = [
 ]
 
 
-class TritonBackend:
-    """``InferenceBackend`` over Triton's gRPC API."""
+# Several servers: gRPC's client-side round_robin spreads calls over every address whose
+# connection is ready, and keeps reconnecting to the others (with the backoff above), so a
+# restarted server rejoins by itself.
+_BALANCED_ARGS: list[tuple[str, Any]] = [
+    *_CHANNEL_ARGS,
+    ("grpc.lb_policy_name", "round_robin"),
+    # A dns: name is looked up again at most this often when a connection drops.
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
+]
 
-    def __init__(self, url: str, timeout_s: float, ready_timeout_s: float) -> None:
+
+class TritonBackend:
+    """``InferenceBackend`` over Triton's gRPC API, to one server or balanced over several."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float,
+        ready_timeout_s: float,
+        *,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self._target = parse_target(url)
+        self._on_retry = on_retry
         self._url = url
         self._timeout_s = timeout_s
         self._ready_timeout_s = ready_timeout_s
         self._lock = threading.Lock()
         self._client: grpcclient.InferenceServerClient | None = None
         self._client_pid = -1
+        # For a list with host names: the addresses the balanced channel was made from.
+        self._client_addresses: tuple[Server, ...] = ()
+        # One client per server address, for what must reach every server (readiness, model
+        # loads, the repository index) rather than whichever the balancer picks.
+        self._server_clients: dict[Server, grpcclient.InferenceServerClient] = {}
+        self._server_pid = -1
         # A client inherited through fork is never closed in the child (closing a channel
         # that belongs to the parent's gRPC state can hang); it is only dropped here.
         self._inherited: list[grpcclient.InferenceServerClient] = []
+
+    @property
+    def balanced(self) -> bool:
+        """True when the target names several servers (a list or a dns: name)."""
+        return self._target.balanced
 
     def _get_client(self) -> grpcclient.InferenceServerClient:
         pid = os.getpid()
@@ -73,11 +106,23 @@ class TritonBackend:
             if self._client is None or self._client_pid != pid:
                 if self._client is not None:
                     self._inherited.append(self._client)
-                self._client = grpcclient.InferenceServerClient(
-                    self._url, channel_args=_CHANNEL_ARGS
-                )
+                self._client = self._new_client()
                 self._client_pid = pid
             return self._client
+
+    def _new_client(self) -> grpcclient.InferenceServerClient:
+        target = self._target
+        if not target.balanced:
+            return grpcclient.InferenceServerClient(target.text, channel_args=_CHANNEL_ARGS)
+        try:
+            channel_target = target.channel_target()
+        except ResolveError as exc:
+            raise UpstreamUnavailable(
+                f"The inference servers cannot be found ({exc}); try again shortly."
+            ) from None
+        if target.dns_name is None:
+            self._client_addresses = target.addresses()
+        return grpcclient.InferenceServerClient(channel_target, channel_args=_BALANCED_ARGS)
 
     def _forget_client(self, client: grpcclient.InferenceServerClient) -> None:
         # After a connection failure a fresh channel connects at once on the next call
@@ -87,11 +132,42 @@ class TritonBackend:
             if self._client is client:
                 self._client = None
 
+    def _server_client(self, server: Server) -> grpcclient.InferenceServerClient:
+        with self._lock:
+            if self._server_pid != os.getpid():
+                self._inherited.extend(self._server_clients.values())
+                self._server_clients = {}
+                self._server_pid = os.getpid()
+            client = self._server_clients.get(server)
+            if client is None:
+                client = grpcclient.InferenceServerClient(str(server), channel_args=_CHANNEL_ARGS)
+                self._server_clients[server] = client
+            return client
+
+    def _servers(self) -> tuple[Server, ...]:
+        """The addresses behind the target now (resolved again at each call)."""
+        try:
+            addresses = self._target.addresses()
+        except ResolveError as exc:
+            raise UpstreamUnavailable(
+                f"The inference servers cannot be found ({exc}); try again shortly."
+            ) from None
+        with self._lock:
+            if self._target.dns_name is None and self._client_addresses != addresses:
+                # A listed host name moved (a restarted container): the balanced channel
+                # still holds the old addresses, so the next call makes a new one.
+                self._client = None
+            live = set(addresses)
+            for server in [s for s in self._server_clients if s not in live]:
+                self._inherited.append(self._server_clients.pop(server))
+        return addresses
+
     def _call(self, what: str, model: str | None, method: str, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("client_timeout", self._timeout_s)
-        # A connection failure may only be the old channel's state (Triton restarted since):
-        # it is retried once on a fresh channel. Such failures are immediate, so the
-        # retry does not stretch the timeout; timeouts and model errors are not retried.
+        # A connection failure is retried once: with several servers the balancer picks
+        # another one (inference is idempotent); with one, a fresh channel connects at once
+        # (Triton restarted since). Such failures are immediate, so the retry does not
+        # stretch the timeout; timeouts and model errors are never retried.
         for attempt in range(2):
             client = self._get_client()
             try:
@@ -100,10 +176,23 @@ class TritonBackend:
                 error = map_error(exc, what, model)
                 if not isinstance(error, UpstreamUnavailable):
                     raise error from None
-                self._forget_client(client)
+                if attempt == 1 or not self.balanced:
+                    self._forget_client(client)
                 if attempt == 1:
                     raise error from None
+                log.debug("Triton %s failed (%s); retrying once", what, error)
+                if self._on_retry is not None:
+                    self._on_retry(what)
         raise AssertionError("unreachable")
+
+    def _call_server(
+        self, server: Server, what: str, model: str | None, method: str, *args: Any, **kwargs: Any
+    ) -> Any:
+        kwargs.setdefault("client_timeout", self._timeout_s)
+        try:
+            return getattr(self._server_client(server), method)(*args, **kwargs)
+        except InferenceServerException as exc:
+            raise map_error(exc, f"{what} ({server})", model) from None
 
     def model_spec(self, name: str, version: str | None) -> ModelSpec:
         """Read inputs, outputs and parameters from Triton's model metadata and config."""
@@ -146,24 +235,46 @@ class TritonBackend:
         return served
 
     def is_ready(self, name: str) -> bool:
-        """True when Triton answers and reports ``name`` ready, within the readiness timeout."""
+        """True when a server answers and reports ``name`` ready, within the readiness timeout.
+
+        With several servers each is asked in turn (not the balancer, which would ask
+        whichever it picks): ready while at least one has the model ready.
+        """
         timeout = min(self._ready_timeout_s, self._timeout_s)
+        if not self.balanced:
+            try:
+                return bool(
+                    self._call("readiness", None, "is_server_ready", client_timeout=timeout)
+                    and self._call(
+                        "readiness", name, "is_model_ready", name, client_timeout=timeout
+                    )
+                )
+            except GatewayError:
+                return False
         try:
-            return bool(
-                self._call("readiness", None, "is_server_ready", client_timeout=timeout)
-                and self._call("readiness", name, "is_model_ready", name, client_timeout=timeout)
-            )
+            servers = self._servers()
         except GatewayError:
             return False
+        for server in servers:
+            try:
+                if self._call_server(
+                    server, "readiness", name, "is_model_ready", name, client_timeout=timeout
+                ):
+                    return True
+            except GatewayError:
+                continue
+        return False
 
     def load_versions(
         self, name: str, config_text: str, versions: tuple[int, ...], timeout_s: float
     ) -> None:
-        """Explicit mode: (re)load `name` so that exactly `versions` are served.
+        """Explicit mode: (re)load `name` so that exactly `versions` are served, on every server.
 
         The model's config.pbtxt with a specific version policy is handed to Triton as the
         load's config; the file itself is not changed. Triton loads new versions before it
-        unloads old ones, and keeps loaded versions whose files did not change.
+        unloads old ones, and keeps loaded versions whose files did not change. A server
+        that cannot be reached is skipped (the index then differs on it when it is back, and
+        the controller asks again); any other failure is raised.
         """
         from google.protobuf import json_format
 
@@ -172,15 +283,95 @@ class TritonBackend:
         config = json_format.MessageToJson(
             with_specific_versions(config_text, versions), preserving_proto_field_name=True
         )
-        self._call("model load", name, "load_model", name, config=config, client_timeout=timeout_s)
+        if not self.balanced:
+            self._call(
+                "model load", name, "load_model", name, config=config, client_timeout=timeout_s
+            )
+            return
+        loaded = 0
+        unreachable: UpstreamUnavailable | None = None
+        for server in self._servers():
+            try:
+                self._call_server(
+                    server,
+                    "model load",
+                    name,
+                    "load_model",
+                    name,
+                    config=config,
+                    client_timeout=timeout_s,
+                )
+                loaded += 1
+            except UpstreamUnavailable as error:
+                unreachable = error
+        if not loaded and unreachable is not None:
+            raise unreachable
 
     def repository_index(self) -> list[ModelVersionState]:
-        """Every model and version in Triton's repository index with its state."""
-        index = self._call("repository index", None, "get_model_repository_index")
-        return [
-            ModelVersionState(name=m.name, version=m.version, state=m.state, reason=m.reason)
-            for m in index.models
-        ]
+        """Every model and version in Triton's repository index with its state.
+
+        With several servers the indexes of those that answer are merged: a version is
+        READY only when it is ready on each of them, so a server that restarted with other
+        versions loaded makes the rollout controller load the wanted set again everywhere.
+        """
+        if not self.balanced:
+            index = self._call("repository index", None, "get_model_repository_index")
+            return [_version_state(m) for m in index.models]
+        indexes: list[list[ModelVersionState]] = []
+        unreachable: UpstreamUnavailable | None = None
+        for server in self._servers():
+            try:
+                index = self._call_server(
+                    server, "repository index", None, "get_model_repository_index"
+                )
+            except UpstreamUnavailable as error:
+                unreachable = error
+                continue
+            indexes.append([_version_state(m) for m in index.models])
+        if not indexes:
+            raise unreachable or UpstreamUnavailable("No inference server answered.")
+        return merge_indexes(indexes)
+
+
+def _version_state(model: Any) -> ModelVersionState:
+    return ModelVersionState(
+        name=model.name, version=model.version, state=model.state, reason=model.reason
+    )
+
+
+def merge_indexes(indexes: list[list[ModelVersionState]]) -> list[ModelVersionState]:
+    """One index from several servers': each version takes its least ready state.
+
+    From worst to best: failed (UNAVAILABLE with a reason other than "unloaded"), loading
+    or another state, unloaded (also: missing on a server), READY.
+    """
+
+    def rank(row: ModelVersionState) -> int:
+        if row.state == "READY":
+            return 0
+        if row.state == "UNAVAILABLE" and "unloaded" in row.reason.lower():
+            return 1
+        if row.state == "UNAVAILABLE" and row.reason.strip():
+            return 3
+        return 2
+
+    merged: dict[tuple[str, str], ModelVersionState] = {}
+    for index in indexes:
+        for row in index:
+            key = (row.name, row.version)
+            if key not in merged or rank(row) > rank(merged[key]):
+                merged[key] = row
+    for key, row in list(merged.items()):
+        if row.state == "READY" and any(
+            not any((r.name, r.version) == key for r in index) for index in indexes
+        ):
+            merged[key] = ModelVersionState(
+                name=row.name,
+                version=row.version,
+                state="UNAVAILABLE",
+                reason="unloaded on another server",
+            )
+    return list(merged.values())
 
 
 def map_error(exc: InferenceServerException, what: str, model: str | None) -> GatewayError:
