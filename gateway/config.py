@@ -72,6 +72,9 @@ GATEWAY_THREADS                 gthread threads per worker (GATEWAY_MAX_INFLIGHT
 GATEWAY_TIMEOUT_S               worker timeout, whole seconds (60)
 GATEWAY_ACCESS_LOG              gunicorn's access log; 0/off/false/no turns it off (on)
 GATEWAY_FORWARDED_ALLOW_IPS     proxies trusted for X-Forwarded-* (127.0.0.1)
+GATEWAY_TLS_CERT_FILE           PEM certificate (chain): gunicorn serves HTTPS only, and every
+                                answer carries HSTS; both or neither (off: TLS ends at a proxy)
+GATEWAY_TLS_KEY_FILE            its PEM private key
 ==============================  ==========================================================
 """
 
@@ -230,6 +233,8 @@ class ServerSettings:
     log_level: str = Settings.log_level
     max_inflight: int = Settings.max_inflight  # the admission gate's bounds, for the
     max_queue: int = Settings.max_queue  # thread sizing (read as Settings reads them)
+    tls_cert_file: Path | None = None  # both or neither: gunicorn then serves HTTPS only
+    tls_key_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServerSettings:
@@ -251,7 +256,34 @@ class ServerSettings:
             log_level=_read_log_level(env),
             max_inflight=max_inflight,
             max_queue=max_queue,
+            **_read_tls(env),
         )
+
+
+def _read_tls(env: _Env) -> dict[str, Path]:
+    cert, key = env.raw("TLS_CERT_FILE"), env.raw("TLS_KEY_FILE")
+    if not cert and not key:
+        return {}
+    if not cert or not key:
+        missing = "GATEWAY_TLS_KEY_FILE" if cert else "GATEWAY_TLS_CERT_FILE"
+        raise ConfigError(
+            f"GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together: set {missing} too "
+            "(or neither, to serve plain HTTP behind a TLS proxy)"
+        )
+    paths = {"tls_cert_file": Path(cert), "tls_key_file": Path(key)}
+    for name, path in (
+        ("TLS_CERT_FILE", paths["tls_cert_file"]),
+        ("TLS_KEY_FILE", paths["tls_key_file"]),
+    ):
+        try:
+            with path.open("rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise ConfigError(
+                f"{PREFIX}{name}={str(path)!r} cannot be read ({exc.strerror or exc}): "
+                "give a readable PEM file"
+            ) from None
+    return paths
 
 
 class _Env:

@@ -41,6 +41,11 @@ preload_app = False
 reload = False
 control_socket_disable = True  # no runtime management socket in production
 forwarded_allow_ips = _server.forwarded_allow_ips
+# HTTPS at gunicorn (GATEWAY_TLS_CERT_FILE/KEY_FILE): this port then speaks only TLS, with
+# the ssl module's defaults (TLS 1.2+ and its cipher choice); plain HTTP to it is refused.
+if _server.tls_cert_file is not None and _server.tls_key_file is not None:
+    certfile = str(_server.tls_cert_file)
+    keyfile = str(_server.tls_key_file)
 # Bounded request lines and headers; the body limit is the app's (GATEWAY_MAX_BODY_BYTES).
 limit_request_line = 8190
 limit_request_fields = 100

@@ -3,7 +3,8 @@
 The page is static files of ours (gateway/static, gateway/templates): no CDN, no build step,
 no inline script or style, so its Content-Security-Policy can forbid them. The viewer is
 Swagger UI from the `swagger-ui-py` wheel, served from the installed package (offline).
-Every response gets `X-Content-Type-Options: nosniff`; the HTML pages also get a strict CSP,
+Every response gets `X-Content-Type-Options: nosniff` (and HSTS over HTTPS); the HTML pages
+also get a strict CSP,
 `frame-ancestors 'none'` and `Referrer-Policy: no-referrer`.
 """
 
@@ -12,7 +13,15 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, jsonify, render_template, send_from_directory
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    jsonify,
+    render_template,
+    request,
+    send_from_directory,
+)
 
 from gateway.errors import json_error
 from gateway.openapi import build_document
@@ -22,6 +31,8 @@ bp = Blueprint("web", __name__)
 
 # No inline code anywhere; images may be the user's own (blob: previews). connect-src 'self':
 # the page talks to this gateway only. frame-ancestors: never framed (clickjacking).
+#: One year, the usual HSTS lifetime (and what the preload list requires, should one opt in).
+HSTS_MAX_AGE_S = 31_536_000
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
     "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -91,4 +102,9 @@ def init_app(app: Flask) -> None:
     def no_sniffing(response: Response) -> Response:
         # A JSON error must never be sniffed into HTML by an old browser.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        # HSTS only over HTTPS (RFC 6797 §7.2): gunicorn serving TLS, or a proxy trusted by
+        # GATEWAY_FORWARDED_ALLOW_IPS saying X-Forwarded-Proto: https. No includeSubDomains
+        # or preload: those commit every other host of the domain, the operator's choice.
+        if request.is_secure:
+            response.headers.setdefault("Strict-Transport-Security", f"max-age={HSTS_MAX_AGE_S}")
         return response

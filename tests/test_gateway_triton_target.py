@@ -76,7 +76,7 @@ def test_malformed_targets_are_refused(text: str) -> None:
 
 def test_settings_name_the_variable_for_a_bad_target() -> None:
     """Settings.from_env refuses a bad list with GATEWAY_TRITON_URL in the message."""
-    with pytest.raises(ConfigError, match="GATEWAY_TRITON_URL.*listed twice"):
+    with pytest.raises(ConfigError, match=r"GATEWAY_TRITON_URL.*listed twice"):
         Settings.from_env({"GATEWAY_AUTH": "off", "GATEWAY_TRITON_URL": "t:1,t:1"})
     settings = Settings.from_env({"GATEWAY_AUTH": "off", "GATEWAY_TRITON_URL": "a:1,b:2"})
     assert settings.triton_url == "a:1,b:2"
