@@ -24,7 +24,6 @@ import trustme
 from gateway.config import ConfigError, ServerSettings
 from local_triton import TritonServer
 from tests.fixtures.gateway import GatewayProcess, MakeApp, StartGateway
-from tests.reliability_runs_support import suite_gateway
 from tests.reliability_support import FAST_MODEL
 from tests.test_reliability_triton_faults import tiny_png
 
@@ -67,12 +66,13 @@ def tls_gateway(
     tls_files: TlsFiles, fast_triton: TritonServer, start_gateway: StartGateway
 ) -> Iterator[GatewayProcess]:
     """A gunicorn gateway serving TLS on the fast model of the session's Triton."""
-    gateway = suite_gateway(
-        start_gateway,
-        fast_triton,
+    # Not suite_gateway's wait: start_gateway polls over plain HTTP, which this port refuses.
+    gateway = start_gateway(
+        fast_triton.grpc_url,
         fast_triton.model_repository,
-        FAST_MODEL,
         wait=False,
+        GATEWAY_DEFAULT_MODEL=FAST_MODEL,
+        GATEWAY_ACCESS_LOG="off",
         GATEWAY_TLS_CERT_FILE=str(tls_files.cert_pem),
         GATEWAY_TLS_KEY_FILE=str(tls_files.key_pem),
     )
