@@ -128,7 +128,7 @@ def test_a_client_that_does_not_trust_the_ca_fails_verification(
 def test_plain_http_to_the_tls_port_fails_at_once_and_workers_keep_serving(
     tls_gateway: GatewayProcess, tls_files: TlsFiles
 ) -> None:
-    """Plain HTTP gets no HTTP answer (the connection ends, well before the timeout)."""
+    """Plain HTTP gets no HTTP answer (the connection ends at once), and a log line, no trace."""
     for _ in range(3):
         started = time.monotonic()
         with pytest.raises(requests.exceptions.ConnectionError):
@@ -139,6 +139,9 @@ def test_plain_http_to_the_tls_port_fails_at_once_and_workers_keep_serving(
     )
     assert response.status_code == 200
     assert tls_gateway.is_running()
+    # One warning line per attempt in gunicorn's log, no traceback.
+    logs = tls_gateway.logs()
+    assert "SSL: HTTP_REQUEST" in logs and "Traceback" not in logs, logs[-2000:]
 
 
 @pytest.mark.e2e
