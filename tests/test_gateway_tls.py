@@ -192,3 +192,23 @@ def test_tls_settings_go_together_and_must_be_readable(tls_files: TlsFiles) -> N
     )
     assert settings.tls_cert_file == tls_files.cert_pem
     assert settings.tls_key_file == tls_files.key_pem
+
+
+@pytest.mark.e2e
+def test_hsts_behind_a_trusted_tls_proxy(
+    fast_triton: TritonServer, start_gateway: StartGateway
+) -> None:
+    """Plain gunicorn: HSTS only when the trusted proxy (127.0.0.1) says X-Forwarded-Proto."""
+    gateway = start_gateway(
+        fast_triton.grpc_url,
+        fast_triton.model_repository,
+        GATEWAY_DEFAULT_MODEL=FAST_MODEL,
+        GATEWAY_ACCESS_LOG="off",
+        GATEWAY_FORWARDED_ALLOW_IPS="127.0.0.1",
+    )
+    proxied = requests.get(
+        f"{gateway.url}/health", headers={"X-Forwarded-Proto": "https"}, timeout=10
+    )
+    direct = requests.get(f"{gateway.url}/health", timeout=10)
+    assert proxied.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert "Strict-Transport-Security" not in direct.headers
