@@ -92,3 +92,12 @@ class ModelLoader(Protocol):
     def repository_index(self) -> list[ModelVersionState]:
         """Every model version in the server's repository with its state."""
         ...
+
+
+@runtime_checkable
+class ServerFanOut(Protocol):
+    """A backend over several servers that can name a backend for each (verification there)."""
+
+    def per_server(self) -> list[tuple[str, InferenceBackend]]:
+        """One backend per server now behind the target, with its address; [] for one server."""
+        ...

@@ -116,6 +116,18 @@ class Classifier:
         self._models: dict[tuple[str, str], ServedModel] = {}
         self._known: set[str] = set()
 
+    def with_backend(self, backend: InferenceBackend) -> Classifier:
+        """The same classifier (labels, limits, draft mode) over another backend, facts uncached."""
+        return Classifier(
+            backend,
+            self.labels,
+            default_model=self.default_model,
+            limits=self.limits,
+            cache_ttl_s=self._ttl_s,
+            draft_jpeg=self.draft_jpeg,
+            clock=self._clock,
+        )
+
     # -- lifecycle -------------------------------------------------------------------
 
     def ready(self) -> bool:

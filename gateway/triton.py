@@ -18,7 +18,14 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from gateway.backend import FloatArray, InferenceOutput, ModelSpec, ModelVersionState, TensorSpec
+from gateway.backend import (
+    FloatArray,
+    InferenceBackend,
+    InferenceOutput,
+    ModelSpec,
+    ModelVersionState,
+    TensorSpec,
+)
 from gateway.errors import (
     GatewayError,
     ModelMisconfigured,
@@ -161,6 +168,16 @@ class TritonBackend:
             for server in [s for s in self._server_clients if s not in live]:
                 self._inherited.append(self._server_clients.pop(server))
         return addresses
+
+    def per_server(self) -> list[tuple[str, InferenceBackend]]:
+        """A backend for each server behind a balanced target (for checks that must run on
+        every one, such as a candidate's verification); [] for a single server."""
+        if not self.balanced:
+            return []
+        return [
+            (str(server), TritonBackend(str(server), self._timeout_s, self._ready_timeout_s))
+            for server in self._servers()
+        ]
 
     def _call(self, what: str, model: str | None, method: str, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("client_timeout", self._timeout_s)

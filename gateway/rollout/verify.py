@@ -12,6 +12,11 @@ serve it, pinned to the version. Two checks, thresholds from the model's Policy:
 - quality: where the photos' classes are known, top-1 and top-5 accuracy at least
   ``quality_min_top1`` / ``quality_min_top5``; optionally top-1 agreement with stable.
 
+With several Tritons behind the gateway (GATEWAY_TRITON_URL names a list or a DNS name)
+the checks run on **each** server, pinned to it, and the version passes only if it passes on
+all of them: the servers may run on different CPUs (an int8 kernel right on one with VNNI can
+be wrong on an AVX2-only one), and the balancer would otherwise pick one at random.
+
 `verify_version` returns the figures and the reasons for a failure; it never raises for a
 bad candidate, only records why.
 """
@@ -25,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.backend import ServerFanOut
 from gateway.classifier import Classifier, softmax
 from gateway.errors import GatewayError
 from gateway.rollout.state import Policy
@@ -42,6 +48,30 @@ def verify_version(
     stable: str | None = None,
 ) -> dict[str, Any]:
     """Check `version` of `model` on the serving stack; the result records figures and reasons."""
+    backend = classifier.backend
+    servers = backend.per_server() if isinstance(backend, ServerFanOut) else []
+    if len(servers) < 2:
+        return _verify_on(classifier, model, version, policy, stable)
+    started = time.monotonic()
+    results = [
+        (name, _verify_on(classifier.with_backend(one), model, version, policy, stable))
+        for name, one in servers
+    ]
+    failed = [result for _name, result in results if not result["passed"]]
+    # The figures of the first server that failed (or of the first one), every server's reasons.
+    merged = dict(failed[0] if failed else results[0][1])
+    merged["passed"] = not failed
+    merged["reasons"] = [
+        f"on {name}: {reason}" for name, result in results for reason in result["reasons"]
+    ]
+    merged["servers"] = {name: result["passed"] for name, result in results}
+    merged["seconds"] = round(time.monotonic() - started, 3)
+    return merged
+
+
+def _verify_on(
+    classifier: Classifier, model: str, version: str, policy: Policy, stable: str | None
+) -> dict[str, Any]:
     started = time.monotonic()
     model_dir = classifier.labels.repository / model
     result: dict[str, Any] = {
