@@ -54,6 +54,7 @@ from gateway.rollout.state import (
     start_canary,
     start_shadow,
 )
+from gateway.triton_target import TargetError, parse_target
 from model_contract.errors import ContractError
 from model_contract.files import check_model_name
 
@@ -265,12 +266,14 @@ def resolve_context(args: argparse.Namespace, environ: Mapping[str, str] | None 
     url: str | None = args.triton_url
     if url is None:
         url = env.get("GATEWAY_TRITON_URL", "").strip() or DEFAULT_TRITON_URL
-    host, _, port = url.rpartition(":")
-    if not host or not port.isdigit():
+    try:
+        parse_target(url)
+    except TargetError as error:
         raise CommandError(
-            f"--triton-url {url!r} must be Triton's gRPC host:port, such as {DEFAULT_TRITON_URL}.",
+            f"--triton-url {url!r} must be Triton's gRPC host:port, such as {DEFAULT_TRITON_URL} "
+            f"(or several: host:port,host:port or dns:///name:port): {error}.",
             EXIT_REFUSED,
-        )
+        ) from None
     return Context(state_dir=state_dir, repository=repository, triton_url=url, json=args.json)
 
 
