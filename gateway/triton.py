@@ -89,8 +89,8 @@ class TritonBackend:
         self._lock = threading.Lock()
         self._client: grpcclient.InferenceServerClient | None = None
         self._client_pid = -1
-        # For a list with host names: the addresses the balanced channel was made from.
-        self._client_addresses: tuple[Server, ...] = ()
+        # The addresses the balanced channel was made with (as this process resolved them).
+        self._client_addresses: frozenset[Server] = frozenset()
         # One client per server address, for what must reach every server (readiness, model
         # loads, the repository index) rather than whichever the balancer picks.
         self._server_clients: dict[Server, grpcclient.InferenceServerClient] = {}
@@ -127,8 +127,10 @@ class TritonBackend:
             raise UpstreamUnavailable(
                 f"The inference servers cannot be found ({exc}); try again shortly."
             ) from None
-        if target.dns_name is None:
-            self._client_addresses = target.addresses()
+        try:
+            self._client_addresses = frozenset(target.addresses())
+        except ResolveError:
+            self._client_addresses = frozenset()  # gRPC's own resolver may still find them
         return grpcclient.InferenceServerClient(channel_target, channel_args=_BALANCED_ARGS)
 
     def _forget_client(self, client: grpcclient.InferenceServerClient) -> None:
@@ -160,9 +162,10 @@ class TritonBackend:
                 f"The inference servers cannot be found ({exc}); try again shortly."
             ) from None
         with self._lock:
-            if self._target.dns_name is None and self._client_addresses != addresses:
-                # A listed host name moved (a restarted container): the balanced channel
-                # still holds the old addresses, so the next call makes a new one.
+            if self._client is not None and self._client_addresses != frozenset(addresses):
+                # A listed host name moved (a restarted container), or a DNS name gained a
+                # server (a new pod: gRPC looks a name up again only when a connection
+                # drops): the next call makes a channel with the addresses of now.
                 self._client = None
             live = set(addresses)
             for server in [s for s in self._server_clients if s not in live]:

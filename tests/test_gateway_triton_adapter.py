@@ -172,3 +172,32 @@ def test_non_float_model_input_is_misconfigured() -> None:
     spec = adapter.spec_from_triton("resnet50", None, metadata, contract_config())
     with pytest.raises(errors.ModelMisconfigured):
         backend.infer(spec, np.zeros((1, 3, 224, 224), np.float32), None)
+
+
+def test_balanced_channel_is_replaced_when_the_name_gains_a_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dns: target: a new address behind the name replaces the channel at the next /ready."""
+    dead = closed_port()
+    records = [["127.0.0.1"]]
+
+    def lookup(host: str, port: int, **_kwargs: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in records[-1]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)  # the module the target resolves with
+    backend = adapter.TritonBackend(f"dns:///triton.example:{dead}", timeout_s=1, ready_timeout_s=1)
+    first = backend._get_client()
+    assert backend.is_ready("m") is False  # nothing listens; the same addresses
+    assert backend._get_client() is first
+    records.append(["127.0.0.1", "127.0.0.2"])
+    assert backend.is_ready("m") is False
+    assert backend._get_client() is not first
+
+
+def test_balanced_backend_names_one_backend_per_server() -> None:
+    """per_server() of a list: one single-server backend per address; [] for one server."""
+    backend = adapter.TritonBackend("127.0.0.1:1,127.0.0.2:1", timeout_s=1, ready_timeout_s=1)
+    servers = backend.per_server()
+    assert [name for name, _ in servers] == ["127.0.0.1:1", "127.0.0.2:1"]
+    assert all(isinstance(one, adapter.TritonBackend) and not one.balanced for _, one in servers)
+    assert adapter.TritonBackend("127.0.0.1:1", timeout_s=1, ready_timeout_s=1).per_server() == []
