@@ -47,7 +47,7 @@ def test_a_name_that_does_not_resolve_raises_resolve_error() -> None:
 
 def test_dns_targets_are_passed_to_grpc_as_written() -> None:
     """dns:///name:port is balanced and left to gRPC's own resolver."""
-    for text in ("dns:///triton-grpc.visionai.svc.cluster.local:8001", "dns://10.0.0.10/t:8001"):
+    for text in ("dns:///triton.visionai.svc.cluster.local:8001", "dns://10.0.0.10/t:8001"):
         target = parse_target(text)
         assert target.balanced
         assert target.channel_target() == text
