@@ -20,6 +20,10 @@ Stages, in this order, one at a time on this machine:
             also times RolloutRuntime.choose + observe in-process (microseconds per request);
   gateway_cache
             a gateway with the answer cache on (memory): hits of one payload sent again;
+  gateway_two_tritons
+            (only when --stages names it) a second Triton on the same repository and a
+            gateway over both: the gateway stage's sweep, the share per server, and a
+            failover (the second SIGKILLed under load, then restarted);
   baseline  the seed-style single Flask process running the same model in PyTorch.
 """
 
@@ -42,6 +46,7 @@ from bench import (
     batch_strategy,
     gateway_batch,
     gateway_cache,
+    gateway_two_tritons,
     ort_limit,
     rollout_cost,
     triton_client_bench,
@@ -58,7 +63,15 @@ from bench.payloads import (
     request_body,
     tensor_pool,
 )
-from bench.report import STAGES, BenchResults, table, to_json, write_chart, write_json
+from bench.report import (
+    ALL_STAGES,
+    STAGES,
+    BenchResults,
+    table,
+    to_json,
+    write_chart,
+    write_json,
+)
 from bench.repository import PublishedModel, RepositoryError, publish, reuse
 from bench.triton_client_bench import TritonBenchError
 from export.cpu_features import read_cpu_features
@@ -72,7 +85,14 @@ SMOKE_MODEL = "mobilenet_v3_small"
 # on; in this order, on the same Triton.
 HTTP_GATEWAY_STAGES = ("gateway", "gateway_history", "gateway_rollout")
 # Every stage that needs the local Triton.
-TRITON_STAGES = ("triton", "batch_strategy", *HTTP_GATEWAY_STAGES, "gateway_batch", "gateway_cache")
+TRITON_STAGES = (
+    "triton",
+    "batch_strategy",
+    *HTTP_GATEWAY_STAGES,
+    "gateway_batch",
+    "gateway_cache",
+    "gateway_two_tritons",
+)
 
 
 class UsageError(Exception):
@@ -141,7 +161,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stages",
         default=",".join(STAGES),
-        help="stages to run, comma-separated (default: %(default)s)",
+        help="stages to run, comma-separated (default: %(default)s; also "
+        "gateway_two_tritons, only when named)",
     )
     parser.add_argument(
         "--payload",
@@ -206,9 +227,9 @@ def settle(args: argparse.Namespace) -> argparse.Namespace:
         args.cache_concurrency or ",".join(map(str, default_levels)), "--cache-concurrency"
     )
     args.stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
-    unknown = sorted(set(args.stages) - set(STAGES))
+    unknown = sorted(set(args.stages) - set(ALL_STAGES))
     if unknown or not args.stages:
-        raise UsageError(f"--stages takes some of {','.join(STAGES)}; got {unknown or 'none'}")
+        raise UsageError(f"--stages takes some of {','.join(ALL_STAGES)}; got {unknown or 'none'}")
     args.payload_count = args.payload_count or (4 if smoke else 16)
     if args.payload_count < 1:
         raise UsageError("--payload-count must be at least 1")
@@ -325,6 +346,8 @@ def measure(
                     _gateway_stage(run, stage, triton)
             if "gateway_cache" in args.stages:
                 _cache_stage(run, triton)
+            if "gateway_two_tritons" in args.stages:
+                _two_tritons_stage(run, triton)
     if "baseline" in args.stages:
         say("[bench] stage baseline: seed-style Flask + PyTorch")
         started = time.monotonic()
@@ -471,6 +494,57 @@ def _cache_stage(run: _Run, triton: TritonServer) -> None:
         results.cache_hit_parts = gateway_cache.hit_parts(body, triton.grpc_url, run.model.name)
         say(f"  in-process parts of a hit (median ms): {results.cache_hit_parts}")
     run.timed("gateway_cache", started)
+
+
+def _two_tritons_stage(run: _Run, first: TritonServer) -> None:
+    """A second Triton and a gateway over both: the sweep, the shares, then the failover."""
+    args, model = run.args, run.model
+    plan = gateway_two_tritons.failover_plan(args.smoke, args.concurrency)
+    say(
+        "[bench] stage gateway_two_tritons: a second Triton on the same repository, "
+        "the gateway over both (answer cache off)"
+    )
+    started = time.monotonic()
+    api_key = whole_path.new_api_key()
+    with whole_path.second_triton_gateway(model, first, api_key, run.logs) as (second, gateway):
+        servers = (first, second)
+        groups = {"gateway": gateway.pid, "triton_1": first.pid, "triton_2": second.pid}
+        result = gateway_two_tritons.sweep(
+            gateway.port,
+            run.bodies,
+            api_key,
+            servers,
+            model.name,
+            args.concurrency,
+            *run.window,
+            say,
+            {name: pid for name, pid in groups.items() if pid is not None},
+        )
+        say(
+            f"  failover: {plan.clients} clients, {plan.before_s:g} s, then triton_2 SIGKILLed "
+            f"for {plan.outage_s:g} s, restarted on the same ports"
+        )
+        result.failover = failover = gateway_two_tritons.failover(
+            gateway.port,
+            run.bodies,
+            api_key,
+            first,
+            second,
+            model.name,
+            plan,
+            whole_path.TRITON_READY_TIMEOUT_S,
+            say,
+        )
+    run.results.two_tritons = result
+    rejoin = "not seen" if failover.rejoin_s is None else f"{failover.rejoin_s:.2f} s"
+    gap = "-" if failover.gap_ms is None else f"{failover.gap_ms:.1f} ms"
+    retries = "unread" if failover.retries is None else sum(failover.retries.values())
+    say(
+        f"  failed {failover.failed} of {failover.requests}, longest gap {gap}, outage p99 "
+        f"{failover.outage_p99_ms:.1f} ms, gateway retries {retries}, ready "
+        f"{failover.restart_s:.1f} s after restart, serving again after ready: {rejoin}"
+    )
+    run.timed("gateway_two_tritons", started)
 
 
 def _routing_cost(model: PublishedModel, directory: Path) -> rollout_cost.RoutingCost:

@@ -8,14 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import gateway_batch, gateway_cache
+from bench import gateway_batch, gateway_cache, gateway_two_tritons
 from bench.batch_strategy import BatchStrategy
 from bench.cpu_time import describe as describe_cpu
 from bench.gateway_batch import BatchPair
+from bench.gateway_two_tritons import TwoTritons
 from bench.loadgen import Measurement
 from bench.ort_limit import OrtLimit
 from bench.rollout_cost import RoutingCost
 
+# The stages run by default, in this order.
 STAGES = (
     "ort",
     "triton",
@@ -27,6 +29,10 @@ STAGES = (
     "gateway_cache",
     "baseline",
 )
+# Stages run only when --stages names them (gateway_two_tritons restarts a Triton and costs
+# time); each runs in its place in the order of cli.measure, after gateway_cache.
+OPT_IN_STAGES = ("gateway_two_tritons",)
+ALL_STAGES = (*STAGES, *OPT_IN_STAGES)
 FAIRNESS = (
     "same model weights: one state_dict exported with `python -m export --weights PATH` and "
     "loaded by the baseline (or the packaged ImageNet weights of efficientnet_lite0)",
@@ -48,6 +54,8 @@ FAIRNESS = (
     "repeat a few photos, so a cache would answer most timed requests without the path",
     "batch vs singles: the same gateway and images, as many images in flight (8 per batch "
     "request x C clients, or 8 x C one-image clients); server CPU per image from /proc",
+    "one Triton vs two: the same gateway settings, bodies, levels and windows; the second "
+    "Triton serves the same published repository on the same machine (the same cores)",
 )
 
 
@@ -77,6 +85,8 @@ class BenchResults:
     cache_warm: dict[str, int | None] = field(default_factory=dict)
     cache_hit_parts: dict[str, float] = field(default_factory=dict)
     cache_payload_kib: float | None = None
+    # One gateway over two Tritons: the sweep, the shares per server, the failover run.
+    two_tritons: TwoTritons | None = None
 
 
 def _best(measurements: Sequence[Measurement]) -> float | None:
@@ -157,12 +167,20 @@ def cache_summary(results: BenchResults) -> dict[str, Any] | None:
     )
 
 
+def two_tritons_summary(results: BenchResults) -> dict[str, Any] | None:
+    """The two-Triton stage's figures, each level against the one-Triton `gateway` stage."""
+    if results.two_tritons is None:
+        return None
+    return gateway_two_tritons.summary(results.two_tritons, results.gateway)
+
+
 def to_json(results: BenchResults) -> dict[str, Any]:
     """Return the JSON document: headline keys, ratios, per-stage figures, settings and notes."""
     ort = results.ort
     ort_ips = ort.best.images_per_s if ort is not None else None
     batch = gateway_batch.summary(results.gateway_batch, ort_ips) if results.gateway_batch else None
     strategy = results.batch_strategy
+    two = results.two_tritons.measurements if results.two_tritons is not None else []
     batch1 = round(ort.batch1_latency_ms, 3) if ort is not None else None
     whole = _best(results.gateway)
     baseline = _best(results.baseline)
@@ -183,6 +201,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
         "whole_path_history_ips": _round(_best(results.gateway_history)),
         "whole_path_rollout_ips": _round(_best(results.gateway_rollout)),
         "whole_path_batch_ips": batch["best_batch_ips"] if batch is not None else None,
+        "whole_path_two_tritons_ips": _round(_best(two)),
         "baseline_ips": _round(baseline),
         "batch1_latency_ms": batch1,
         "single_client_p50_ms": single_p50,
@@ -198,6 +217,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
                 *results.gateway_rollout,
                 *(m for pair in results.gateway_batch for m in (pair.batch, pair.singles)),
                 *results.gateway_cache,
+                *two,
                 *results.baseline,
             )
         ),
@@ -210,6 +230,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
         "batch": batch,
         "batch_strategy": strategy.as_dict() if strategy is not None else None,
         "cache": cache_summary(results),
+        "two_tritons": two_tritons_summary(results),
         "ratios": {
             "whole_path_vs_ort_limit": _ratio(whole, ort.best.images_per_s if ort else None),
             "whole_path_vs_baseline": _ratio(whole, baseline),
@@ -233,6 +254,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
             "gateway_rollout": [m.summary() for m in results.gateway_rollout],
             "gateway_batch": gateway_batch.stage_figures(results.gateway_batch),
             "gateway_cache": [m.summary() for m in results.gateway_cache],
+            "gateway_two_tritons": [m.summary() for m in two],
             "baseline": [m.summary() for m in results.baseline],
         },
         "settings": results.settings,
@@ -266,6 +288,7 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
         ("gateway + Triton", results.gateway),
         ("+ history (SQLite)", results.gateway_history),
         ("+ rollout routing", results.gateway_rollout),
+        ("gateway + 2 Tritons", results.two_tritons.measurements if results.two_tritons else []),
         ("seed baseline (Flask)", results.baseline),
     ):
         for m in measurements:
@@ -303,6 +326,7 @@ def table(results: BenchResults, document: dict[str, Any]) -> str:
     lines += _batch_lines(results.gateway_batch, document["batch"])
     lines += _strategy_lines(document["batch_strategy"])
     lines += _cache_lines(results.gateway_cache, document["cache"])
+    lines += _two_triton_lines(results, document["two_tritons"])
     settings = results.settings
     if "cpu_count" in settings:
         lines.append(
@@ -475,6 +499,65 @@ def _cache_lines(measurements: Sequence[Measurement], cache: dict[str, Any] | No
     return lines
 
 
+def _two_triton_lines(results: BenchResults, two: dict[str, Any] | None) -> list[str]:
+    """Two Tritons vs one per level, the share per server, and the failover run."""
+    if two is None:
+        return []
+    cpus = results.settings.get("cpu_count")
+    on = f"; both on the same {cpus} CPUs" if cpus else ""
+    lines = [
+        "",
+        f"gateway over 2 Tritons (GATEWAY_TRITON_URL lists both, round_robin{on}) vs 1 Triton:",
+    ]
+    for level, entry in two["by_concurrency"].items():
+        lines.append(
+            f"  c={level:<3} {entry['ips_two']:.2f} img/s vs {_fmt(entry['ips_one'])} "
+            f"(x{_fmt(entry['two_vs_one'], 3)}), p50 {entry['p50_two_ms']:.1f} vs "
+            f"{_fmt(entry['p50_one_ms'], 1)} ms, p99 {entry['p99_two_ms']:.1f} vs "
+            f"{_fmt(entry['p99_one_ms'], 1)} ms; per server "
+            f"{gateway_two_tritons.describe_shares(entry['shares'])}"
+        )
+    for m in results.two_tritons.measurements if results.two_tritons else []:
+        if m.server_cpu:
+            lines.append(
+                f"  c={m.concurrency:<3} server CPU ms/image: {describe_cpu(m.server_cpu)}"
+            )
+    lines.append(
+        "  share over the sweep (inferences, warm-ups included): "
+        + gateway_two_tritons.describe_shares(two["shares"])
+    )
+    failover = two["failover"]
+    if failover is None:
+        return lines
+    retries = failover["retries"]
+    by_call = ", ".join(f"{what} {count}" for what, count in (retries or {}).items() if count)
+    counted = (
+        "retries not read from /metrics"
+        if retries is None
+        else f"gateway retries {failover['retries_total']}" + (f" ({by_call})" if by_call else "")
+    )
+    rejoin = (
+        f"serving again {failover['rejoin_s']:.2f} s after ready"
+        if failover["rejoin_s"] is not None
+        else f"NOT serving again within {gateway_two_tritons.REJOIN_TIMEOUT_S:g} s of ready"
+    )
+    lines += [
+        f"failover ({failover['clients']} clients; {gateway_two_tritons.SERVER_NAMES[1]} "
+        f"SIGKILLed after {failover['before_s']:g} s, restarted {failover['outage_s']:g} s later):",
+        f"  failed requests {failover['failed']} of {failover['requests']}; longest gap between "
+        f"answers {_fmt(failover['gap_ms'], 1)} ms around the kill (before it: "
+        f"{_fmt(failover['steady_gap_ms'], 1)} ms)",
+        f"  outage: {failover['outage_ips']:.2f} img/s, p50 {failover['outage_p50_ms']:.1f} ms, "
+        f"p99 {failover['outage_p99_ms']:.1f} ms (before the kill: {failover['before_ips']:.2f} "
+        f"img/s, p50 {failover['before_p50_ms']:.1f}, p99 {failover['before_p99_ms']:.1f}); "
+        f"{counted}",
+        f"  restarted server ready {failover['restart_s']:.1f} s after its start, {rejoin}",
+    ]
+    for sample in failover["error_samples"]:
+        lines.append(f"  failed: {sample}")
+    return lines
+
+
 def _signed(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:+.{digits}f}"
 
@@ -559,6 +642,11 @@ def write_chart(results: BenchResults, document: dict[str, Any], path: Path) -> 
             ("gateway + Triton", "tab:orange", results.gateway),
             ("gateway + history", "tab:red", results.gateway_history),
             ("gateway + rollout", "tab:purple", results.gateway_rollout),
+            (
+                "gateway + 2 Tritons",
+                "tab:brown",
+                results.two_tritons.measurements if results.two_tritons else [],
+            ),
             ("seed baseline", "tab:green", results.baseline),
         )
         if entry[2]

@@ -10,6 +10,8 @@ every answer in a new SQLite file of the run's temporary folder (migrated first)
 `make run` does by default. `gateway_rollout` is the history-off gateway with
 GATEWAY_ROLLOUT_DIR set to a new folder: measured only once its controller has adopted the
 model (the record names a stable version), so every timed request is routed by the record.
+`gateway_two_tritons` (bench/gateway_two_tritons.py) runs a gateway whose GATEWAY_TRITON_URL
+lists this Triton and a second one on the same repository (`second_triton_gateway`).
 
 Every gateway runs with the answer cache off (GATEWAY_CACHE=off) unless a stage asks for it:
 the bodies cycle through a few photos, so with the cache on (the gateway's default) the
@@ -53,17 +55,45 @@ STATS_FLUSH_WAIT_S = 2.0  # each worker writes its counts every second (rollout/
 HISTORY_WRITES = "gateway_history_writes"  # the counter family (samples end in _total)
 
 
-def local_triton(model: PublishedModel, log_dir: Path) -> AbstractContextManager[TritonServer]:
-    """Run the real Triton on the model's repository (poll mode), logged to triton.log."""
-    server = TritonServer(
+def local_triton(
+    model: PublishedModel, log_dir: Path, name: str = "triton"
+) -> AbstractContextManager[TritonServer]:
+    """Run the real Triton on the model's repository (poll mode), logged to `<name>`.log."""
+    return serving(triton_server(model, log_dir, name), TRITON_READY_TIMEOUT_S)
+
+
+def triton_server(model: PublishedModel, log_dir: Path, name: str = "triton") -> TritonServer:
+    """The real Triton on the model's repository (poll mode, free ports), not started."""
+    return TritonServer(
         model.repository,
         model_control_mode="poll",
         # What `python -m local_triton` defaults to, which the bench ran before.
         poll_seconds=5,
         exit_timeout_seconds=5,
-        log_file=log_dir / "triton.log",
+        log_file=log_dir / f"{name}.log",
     )
-    return serving(server, TRITON_READY_TIMEOUT_S)
+
+
+@contextmanager
+def second_triton_gateway(
+    model: PublishedModel, first: TritonServer, api_key: str, log_dir: Path
+) -> Iterator[tuple[TritonServer, GatewayServer]]:
+    """A second Triton (triton-2.log) on the same repository, and a gateway over both.
+
+    Both start side by side (the gateway needs one ready server to be ready); both are
+    ready before this yields them, and both are stopped on the way out, the gateway first.
+    """
+    second = triton_server(model, log_dir, "triton-2")
+    server = gateway_server(
+        model, f"{first.grpc_url},{second.grpc_url}", api_key, log_dir, name="gateway-two-tritons"
+    )
+    second.start()
+    try:
+        with serving(server, GATEWAY_READY_TIMEOUT_S) as gateway_process:
+            second.wait_ready(TRITON_READY_TIMEOUT_S)
+            yield second, gateway_process
+    finally:
+        second.stop()
 
 
 def gateway(
@@ -92,21 +122,24 @@ def gateway_server(
     rollout: Mapping[str, str] | None = None,
     *,
     cache: bool = False,
+    name: str | None = None,
 ) -> GatewayServer:
     """The gateway's server, not started: its settings, log file and metrics folder.
 
+    `triton_url`: GATEWAY_TRITON_URL, one host:port or a comma-separated list of them.
     `history`: GATEWAY_HISTORY_* settings (history_database's); None: history off.
     `rollout`: GATEWAY_ROLLOUT_* settings (rollout_directory's); None: rollout off.
     `cache`: the answer cache on, in each worker's memory; off by default (see the module).
+    `name`: of its log and metrics folder; by default named after what is on.
     """
-    # Its log and metrics folder are named after what is on.
-    name = "gateway"
-    if history:
-        name = "gateway-history"
-    elif rollout:
-        name = "gateway-rollout"
-    elif cache:
-        name = "gateway-cache"
+    if name is None:
+        name = "gateway"
+        if history:
+            name = "gateway-history"
+        elif rollout:
+            name = "gateway-rollout"
+        elif cache:
+            name = "gateway-cache"
     # Each gateway gets an empty multiprocess folder: no other run's worker files in its sums.
     metrics = metrics_dir(log_dir, name)
     metrics.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ It publishes the small untrained mobilenet_v3_small with the export CLI, starts 
 Triton, the gateway under gunicorn (history off, then on in SQLite, then history off with
 rollout routing on, then with the answer cache on) and the seed Flask baseline, and measures
 each for about a second; /analyze/batch runs on the history-off gateway, and the batch
-strategy (one batched Triton request vs parallel singles) a few repetitions.
+strategy (one batched Triton request vs parallel singles) a few repetitions. The opt-in
+gateway_two_tritons stage is named too: a second Triton, a gateway over both, and a
+failover of about two seconds (the second SIGKILLed under load, then restarted).
 Source photos come from scikit-image, written to a temporary folder, so the test does not
 depend on ../shared/imagenet-samples.
 """
@@ -21,6 +23,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from bench.report import STAGES
 from tests.fixtures.models import REPO_ROOT
 
 SMOKE_TIMEOUT_S = 300
@@ -31,6 +34,7 @@ HEADLINE_KEYS = (
     "whole_path_history_ips",
     "whole_path_rollout_ips",
     "whole_path_batch_ips",
+    "whole_path_two_tritons_ips",
     "baseline_ips",
     "batch1_latency_ms",
     "single_client_p50_ms",
@@ -58,6 +62,9 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
             "-m",
             "bench",
             "--smoke",
+            # Every default stage, and the opt-in one.
+            "--stages",
+            ",".join((*STAGES, "gateway_two_tritons")),
             "--model",
             "mobilenet_v3_small",
             "--images",
@@ -81,7 +88,14 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
     assert document["ort_best_batch"] in (1, 2)
     stages = document["stages"]
     assert [figure["batch_size"] for figure in stages["ort"]] == [1, 2]
-    for stage in ("triton", "gateway", "gateway_history", "gateway_rollout", "baseline"):
+    for stage in (
+        "triton",
+        "gateway",
+        "gateway_history",
+        "gateway_rollout",
+        "gateway_two_tritons",
+        "baseline",
+    ):
         assert [m["concurrency"] for m in stages[stage]] == [1, 2], stage
         assert all(m["completed"] > 0 and m["p99_ms"] >= m["p50_ms"] > 0 for m in stages[stage])
     for stage in ("gateway", "gateway_history", "gateway_rollout"):
@@ -131,6 +145,21 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
     assert cache["hits"] > 0 and cache["non_hits"] == 0
     assert 0 < cache["hit_p50_ms"] < cache["miss_p50_ms"]
     assert set(cache["hit_parts_ms"]) == {"json", "base64", "sha256", "served_version", "sum"}
+    # Two Tritons: both served a share of the sweep; the failover failed no request, and the
+    # restarted server served again.
+    two = document["two_tritons"]
+    assert set(two["by_concurrency"]) == {"1", "2"}
+    assert all(entry["two_vs_one"] > 0 for entry in two["by_concurrency"].values())
+    shares = two["shares"]
+    assert set(shares["counts"]) == {"triton_1", "triton_2"}, shares
+    assert all(count > 0 for count in shares["counts"].values()), shares
+    assert all(0 < fraction < 1 for fraction in shares["fractions"].values()), shares
+    failover = two["failover"]
+    assert failover["failed"] == 0, failover["error_samples"]
+    assert failover["requests"] > 0 and failover["outage_answers"] > 0
+    assert isinstance(failover["gap_ms"], float) and failover["gap_ms"] > 0, failover
+    assert failover["outage_p99_ms"] > 0 and failover["survivor_inferences"] > 0
+    assert failover["retries_total"] is not None and failover["rejoin_s"] is not None
     assert set(document["settings"]["stage_seconds"]) == {
         "ort",
         "triton",
@@ -140,6 +169,7 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
         "gateway_history",
         "gateway_rollout",
         "gateway_cache",
+        "gateway_two_tritons",
         "baseline",
     }
     assert document["settings"]["payload"] == "1080p"
@@ -156,3 +186,5 @@ def test_bench_smoke_runs_every_stage_and_writes_json_and_chart(tmp_path: Path) 
     assert "batch whole path / ORT limit: " in completed.stdout
     assert "Triton strategy for 8 images" in completed.stdout
     assert "cache hit p50 " in completed.stdout
+    assert "gateway over 2 Tritons (" in completed.stdout
+    assert "failover (2 clients; triton_2 SIGKILLed" in completed.stdout

@@ -29,14 +29,24 @@ from bench import (
     gateway_batch,
     gateway_cache,
     gateway_metrics,
+    gateway_two_tritons,
     loadgen,
     payloads,
     rollout_cost,
     whole_path,
 )
+from bench.gateway_two_tritons import FailoverPlan, Timeline, TwoTritons
 from bench.loadgen import HttpTarget, Measurement, measure
 from bench.ort_limit import BatchFigure, OrtLimit
-from bench.report import STAGES, BenchResults, rollout_summary, table, to_json, write_chart
+from bench.report import (
+    ALL_STAGES,
+    STAGES,
+    BenchResults,
+    rollout_summary,
+    table,
+    to_json,
+    write_chart,
+)
 from bench.repository import RepositoryError, preprocess_from
 from bench.rollout_cost import RoutingCost
 from bench.seed_server import create_app
@@ -337,9 +347,12 @@ def test_report_json_tolerates_skipped_stages() -> None:
     assert document["whole_path_batch_ips"] is None and document["batch"] is None
     assert document["batch_strategy"] is None and document["cache"] is None
     assert document["ratios"]["batch_whole_path_vs_ort_limit"] is None
+    assert document["two_tritons"] is None and document["whole_path_two_tritons_ips"] is None
+    assert document["stages"]["gateway_two_tritons"] == []
     text = table(results, document)
     assert "history on vs off" not in text and "rollout routing" not in text
     assert "/analyze/batch" not in text and "answer cache hits" not in text
+    assert "2 Tritons" not in text and "failover" not in text
 
 
 def _routing_cost() -> RoutingCost:
@@ -997,3 +1010,196 @@ def test_cli_defaults_of_the_batch_and_cache_stages() -> None:
         cli.settle(cli.parse_args(["--batch-images", "0"]))
     with pytest.raises(cli.UsageError, match="--batch-clients"):
         cli.settle(cli.parse_args(["--batch-clients", "0"]))
+
+
+def test_two_triton_shares_are_counts_and_fractions_of_each_servers_inferences() -> None:
+    """Each level's inference deltas per server, their fractions, and the sums over levels."""
+    assert gateway_two_tritons.count_deltas([100, 7], [160, 47]) == {
+        "triton_1": 60,
+        "triton_2": 40,
+    }
+    assert gateway_two_tritons.count_deltas([100, None], [160, 47]) == {
+        "triton_1": 60,
+        "triton_2": None,
+    }
+    assert gateway_two_tritons.share_figures({"triton_1": 60, "triton_2": 40}) == {
+        "counts": {"triton_1": 60, "triton_2": 40},
+        "total": 100,
+        "fractions": {"triton_1": 0.6, "triton_2": 0.4},
+    }
+    unknown = gateway_two_tritons.share_figures({"triton_1": 60, "triton_2": None})
+    assert unknown["total"] is None and unknown["fractions"] == {"triton_1": None, "triton_2": None}
+    assert gateway_two_tritons.share_figures({"triton_1": 0, "triton_2": 0})["fractions"] == {
+        "triton_1": None,
+        "triton_2": None,
+    }
+    levels = {1: {"triton_1": 10, "triton_2": 12}, 4: {"triton_1": 50, "triton_2": 48}}
+    assert gateway_two_tritons.total_shares(levels) == {"triton_1": 60, "triton_2": 60}
+    levels[4]["triton_2"] = None  # type: ignore[assignment]
+    assert gateway_two_tritons.total_shares(levels) == {"triton_1": 60, "triton_2": None}
+    text = gateway_two_tritons.describe_shares(
+        gateway_two_tritons.share_figures({"triton_1": 3, "triton_2": 1})
+    )
+    assert text == "triton_1 3 (75.0 %), triton_2 1 (25.0 %)"
+
+
+def test_longest_gap_is_between_consecutive_answers_overlapping_the_span() -> None:
+    """The gap straddling the span's start counts; gaps wholly outside it do not."""
+    answers = [0.0, 0.1, 0.9, 1.0, 1.1, 1.6, 1.7]
+    assert gateway_two_tritons.longest_gap_ms(answers, 1.0, 1.5) == pytest.approx(500.0)
+    assert gateway_two_tritons.longest_gap_ms(answers, 0.5, 0.6) == pytest.approx(800.0)
+    assert gateway_two_tritons.longest_gap_ms(answers, 0.0, 10.0) == pytest.approx(800.0)
+    assert gateway_two_tritons.longest_gap_ms([1.0], 0.0, 2.0) is None
+    assert gateway_two_tritons.longest_gap_ms(answers, 5.0, 6.0) is None
+
+
+def _failover_outcomes() -> list[gateway_two_tritons.Outcome]:
+    """A synthetic failover run: an answer every 100 ms (50 ms each) for 10 s, the kill at
+    10.05 s, one request answered at 10.4 s (retried), answers every 100 ms (80 ms each)
+    and one 503 during the outage, the restart at 15.05 s, then answers again."""
+
+    def answered(finished: float, latency_s: float) -> gateway_two_tritons.Outcome:
+        return gateway_two_tritons.Outcome(finished - latency_s, finished, True)
+
+    before = [answered(k / 10, 0.05) for k in range(1, 101)]  # 0.1 .. 10.0
+    straddler = [answered(10.4, 0.42)]  # sent at 9.98, before the kill
+    outage = [answered(10.4 + k / 10, 0.08) for k in range(1, 46)]  # 10.5 .. 14.9
+    failed = [gateway_two_tritons.Outcome(12.0, 12.01, False, "HTTP 503: b'{}'")]
+    after = [answered(15.0 + k / 10, 0.02) for k in range(1, 50)]
+    return before + straddler + outage + failed + after
+
+
+def _failover() -> gateway_two_tritons.Failover:
+    timeline = Timeline(
+        started=0.05, killed=10.05, restarted=15.05, ready=17.05, serving=17.55, ended=20.0
+    )
+    retries = gateway_two_tritons.retries_delta({"infer": 2}, {"infer": 5, "model metadata": 1})
+    return gateway_two_tritons.summarize_failover(
+        _failover_outcomes(), timeline, FailoverPlan(8, 10.0, 5.0, 1.0), retries, 46
+    )
+
+
+def test_failover_summary_from_synthetic_timestamps() -> None:
+    """Failed requests, the gap around the kill against the steady one, the outage's
+    latencies and rate, the retries counted between the scrapes, the restart and rejoin."""
+    failover = _failover()
+    assert (failover.requests, failover.failed) == (196, 1)
+    assert failover.error_samples == ("HTTP 503: b'{}'",)
+    assert failover.gap_ms == pytest.approx(400.0)
+    assert failover.steady_gap_ms == pytest.approx(100.0)
+    # Sent in the outage and answered: the 45 outage answers, 80 ms each (the straddler was
+    # sent before the kill); answered in the outage: those and the straddler.
+    assert failover.outage_p50_ms == pytest.approx(80.0)
+    assert failover.outage_p99_ms == pytest.approx(80.0)
+    assert failover.outage_answers == 46 and failover.outage_ips == pytest.approx(9.2)
+    assert failover.before_p50_ms == pytest.approx(50.0) and failover.before_ips == 10.0
+    assert failover.retries == {"infer": 3, "model metadata": 1}
+    assert (failover.restart_s, failover.rejoin_s) == (2.0, 0.5)
+    figures = failover.as_dict()
+    assert figures["retries_total"] == 4 and figures["clients"] == 8
+    assert figures["survivor_inferences"] == 46 and figures["error_samples"] == ["HTTP 503: b'{}'"]
+    assert gateway_two_tritons.retries_delta(None, {"infer": 1}) is None
+    never = Timeline(0.0, 10.0, 15.0, 17.0, None, 20.0)
+    plan = FailoverPlan(8, 10.0, 5.0, 1.0)
+    unseen = gateway_two_tritons.summarize_failover([], never, plan, None, None)
+    assert unseen.rejoin_s is None and unseen.gap_ms is None and unseen.failed == 0
+    assert unseen.as_dict()["retries_total"] is None
+
+
+def test_gateway_retries_from_real_prometheus_exposition() -> None:
+    """gateway_triton_retries_total is summed by call; other families are ignored."""
+    registry = CollectorRegistry()
+    decoy = Counter("gateway_triton_retries_decoy", "x", ["what"], registry=registry)
+    decoy.labels("infer").inc(9)
+    counter = Counter("gateway_triton_retries", "x", ["what"], registry=registry)
+    counter.labels("infer").inc(3)
+    counter.labels("model metadata").inc()
+    text = generate_latest(registry).decode()
+    assert gateway_two_tritons.parse_retries(text) == {"infer": 3, "model metadata": 1}
+    assert gateway_two_tritons.parse_retries("") == {}
+
+
+def test_report_puts_two_tritons_next_to_one_with_shares_and_the_failover(
+    tmp_path: Path,
+) -> None:
+    """Per level: img/s, p50 and p99 of two Tritons vs the one-Triton gateway stage, their
+    ratio, the share per server; then the sweep's shares and the failover's figures."""
+    two = TwoTritons(
+        measurements=[Measurement(1, 1.0, [20.0] * 50), Measurement(4, 1.0, [40.0] * 90)],
+        shares={1: {"triton_1": 30, "triton_2": 30}, 4: {"triton_1": 70, "triton_2": 50}},
+        failover=_failover(),
+    )
+    results = BenchResults(
+        settings={"cpu_count": 2},
+        gateway=[Measurement(1, 1.0, [20.0] * 50), Measurement(4, 1.0, [35.0] * 100)],
+        two_tritons=two,
+    )
+    document = to_json(results)
+    assert document["whole_path_two_tritons_ips"] == 90.0
+    summary = document["two_tritons"]
+    assert summary["by_concurrency"]["4"] == {
+        "ips_two": 90.0,
+        "ips_one": 100.0,
+        "two_vs_one": 0.9,
+        "p50_two_ms": 40.0,
+        "p50_one_ms": 35.0,
+        "p99_two_ms": 40.0,
+        "p99_one_ms": 35.0,
+        "shares": {
+            "counts": {"triton_1": 70, "triton_2": 50},
+            "total": 120,
+            "fractions": {"triton_1": 0.5833, "triton_2": 0.4167},
+        },
+    }
+    assert summary["by_concurrency"]["1"]["two_vs_one"] == 1.0
+    assert summary["shares"]["counts"] == {"triton_1": 100, "triton_2": 80}
+    assert summary["failover"]["failed"] == 1 and summary["failover"]["gap_ms"] == 400.0
+    assert [m["concurrency"] for m in document["stages"]["gateway_two_tritons"]] == [1, 4]
+    text = table(results, document)
+    assert "gateway + 2 Tritons          c=4     90.00" in text
+    assert "both on the same 2 CPUs" in text
+    assert (
+        "  c=4   90.00 img/s vs 100.00 (x0.900), p50 40.0 vs 35.0 ms, p99 40.0 vs 35.0 ms; "
+        "per server triton_1 70 (58.3 %), triton_2 50 (41.7 %)" in text
+    )
+    assert "share over the sweep (inferences, warm-ups included): triton_1 100 (55.6 %)" in text
+    assert "failover (8 clients; triton_2 SIGKILLed after 10 s, restarted 5 s later):" in text
+    assert "failed requests 1 of 196; longest gap between answers 400.0 ms" in text
+    assert "(before it: 100.0 ms)" in text
+    assert "gateway retries 4 (infer 3, model metadata 1)" in text
+    assert "restarted server ready 2.0 s after its start, serving again 0.50 s after ready" in text
+    assert "  failed: HTTP 503: b'{}'" in text
+    write_chart(results, document, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_runs_the_two_triton_stage_only_when_named(tmp_path: Path) -> None:
+    """gateway_two_tritons is accepted by --stages but not in the default list; its failover
+    plan is 8 clients in a full run and the highest level, briefly, in smoke; its gateway
+    lists both Tritons under its own log name, answer cache off."""
+    from bench.repository import PublishedModel
+
+    full = cli.settle(cli.parse_args([]))
+    assert "gateway_two_tritons" not in full.stages and "gateway_two_tritons" in ALL_STAGES
+    named = cli.settle(cli.parse_args(["--stages", "gateway,gateway_two_tritons"]))
+    assert named.stages == ["gateway", "gateway_two_tritons"]
+    assert gateway_two_tritons.failover_plan(False, [1, 4, 16]) == FailoverPlan(8, 3.0, 5.0, 1.0)
+    smoke = gateway_two_tritons.failover_plan(True, [1, 2])
+    assert smoke.clients == 2 and smoke.before_s + smoke.outage_s + smoke.after_s <= 2.0
+    model = PublishedModel(
+        tmp_path,
+        "m",
+        "1",
+        "resnet50",
+        preprocess_from(config_parameters(CONTRACT_CONFIG)),
+        None,
+        "",
+    )
+    server = whole_path.gateway_server(
+        model, "127.0.0.1:1,127.0.0.1:2", "k", tmp_path, name="gateway-two-tritons"
+    )
+    assert server.env["GATEWAY_TRITON_URL"] == "127.0.0.1:1,127.0.0.1:2"
+    assert server.env["GATEWAY_CACHE"] == "off"
+    assert server.log_path == tmp_path / "gateway-two-tritons.log"
+    second = whole_path.triton_server(model, tmp_path, "triton-2")
+    assert second.log_file == tmp_path / "triton-2.log"
