@@ -9,8 +9,9 @@ failed to load, every version directory on disk is complete (model.onnx that ONN
 opens, labels.txt, export.json), and inference keeps answering throughout. Afterwards a
 normal export still publishes and goes live (leftover staging directories are harmless).
 
-CI form: 3 kills. Full form (`-m slow`): 10 kills. RELIABILITY_EXPORT_KILLS overrides the
-count, RELIABILITY_SEED the random moments (printed with the figures).
+CI form: the staged kill and 1 random kill. Full form (`-m slow`): 10 random kills.
+RELIABILITY_EXPORT_KILLS overrides the count, RELIABILITY_SEED the random moments (printed
+with the figures).
 """
 
 from __future__ import annotations
@@ -212,9 +213,10 @@ def test_killed_exports_never_expose_a_partial_version(
     tmp_path: Path,
     start_triton: Any,
 ) -> None:
-    """CI form: 3 exports killed at random moments; Triton keeps serving complete versions."""
+    """CI form: 1 export killed at a random moment (beside the staged one); Triton keeps
+    serving complete versions."""
     run_export_faults(
-        small_repository_v1, tmp_path, start_triton, env_int("RELIABILITY_EXPORT_KILLS", 3)
+        small_repository_v1, tmp_path, start_triton, env_int("RELIABILITY_EXPORT_KILLS", 1)
     )
 
 
