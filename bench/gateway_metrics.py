@@ -57,15 +57,34 @@ def parse(text: str) -> Snapshot:
     return Snapshot(sums, counts)
 
 
-def scrape(port: int) -> Snapshot | None:
-    """Fetch and parse the gateway's /metrics; None when it cannot be read."""
+def exposition(port: int) -> str | None:
+    """The text of the gateway's /metrics (every worker summed); None when it cannot be read."""
     try:
         with urllib.request.urlopen(
             f"http://127.0.0.1:{port}/metrics", timeout=SCRAPE_TIMEOUT_S
         ) as response:
-            return parse(response.read().decode("utf-8", "replace"))
+            return str(response.read().decode("utf-8", "replace"))
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def scrape(port: int) -> Snapshot | None:
+    """Fetch and parse the gateway's /metrics; None when it cannot be read."""
+    text = exposition(port)
+    return parse(text) if text is not None else None
+
+
+def counter_by_label(text: str, family_name: str, label: str) -> dict[str, int]:
+    """Sum one counter family's ``_total`` samples by one label's value, in an exposition."""
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != family_name:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                value = sample.labels.get(label, "")
+                counts[value] = counts.get(value, 0) + int(sample.value)
+    return counts
 
 
 def breakdown(before: Snapshot | None, after: Snapshot | None) -> dict[str, float]:

@@ -29,13 +29,9 @@ import http.client
 import itertools
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench import gateway_metrics, triton_stats
 from bench.loadgen import HttpTarget, Measurement
@@ -263,27 +259,13 @@ def summarize_failover(
 
 def parse_retries(text: str) -> dict[str, int]:
     """Sum gateway_triton_retries_total by call ("what") in a Prometheus exposition."""
-    counts: dict[str, int] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != RETRIES:
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                what = sample.labels.get("what", "")
-                counts[what] = counts.get(what, 0) + int(sample.value)
-    return counts
+    return gateway_metrics.counter_by_label(text, RETRIES, "what")
 
 
 def scrape_retries(port: int) -> dict[str, int] | None:
     """The gateway's Triton retries so far, by call, all workers; None if /metrics is unread."""
-    try:
-        with urllib.request.urlopen(
-            f"http://{HOST}:{port}/metrics", timeout=gateway_metrics.SCRAPE_TIMEOUT_S
-        ) as response:
-            text = response.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    return parse_retries(text)
+    text = gateway_metrics.exposition(port)
+    return parse_retries(text) if text is not None else None
 
 
 def inferences(server: TritonServer, model: str) -> int | None:

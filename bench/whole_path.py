@@ -26,13 +26,9 @@ import os
 import secrets
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench import gateway_metrics
 from bench.cpu_time import with_server_cpu
@@ -257,27 +253,13 @@ def rollout_routed(directory: Path, model: str, version: str) -> dict[str, int]:
 def history_writes(port: int) -> dict[str, int]:
     """The gateway's history writes so far, by outcome ("stored", "failed"), all workers;
     empty when /metrics cannot be read."""
-    try:
-        with urllib.request.urlopen(
-            f"http://{HOST}:{port}/metrics", timeout=gateway_metrics.SCRAPE_TIMEOUT_S
-        ) as response:
-            text = response.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError):
-        return {}
-    return parse_history_writes(text)
+    text = gateway_metrics.exposition(port)
+    return parse_history_writes(text) if text is not None else {}
 
 
 def parse_history_writes(text: str) -> dict[str, int]:
     """Sum gateway_history_writes_total by outcome in a Prometheus exposition."""
-    counts: dict[str, int] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != HISTORY_WRITES:
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                outcome = sample.labels.get("outcome", "")
-                counts[outcome] = counts.get(outcome, 0) + int(sample.value)
-    return counts
+    return gateway_metrics.counter_by_label(text, HISTORY_WRITES, "outcome")
 
 
 @contextmanager

@@ -47,7 +47,7 @@ from bench.report import (
     to_json,
     write_chart,
 )
-from bench.repository import RepositoryError, preprocess_from
+from bench.repository import PublishedModel, RepositoryError, preprocess_from
 from bench.rollout_cost import RoutingCost
 from bench.seed_server import create_app
 from bench.servers import ServerError, ServerProcess
@@ -970,14 +970,10 @@ def test_report_gives_cache_hits_against_the_cache_off_miss() -> None:
     assert to_json(slow)["cache"]["miss_p50_ms"] is None
 
 
-def test_every_gateway_but_the_cache_stages_runs_with_the_answer_cache_off(
-    tmp_path: Path,
-) -> None:
-    """GATEWAY_CACHE=off unless asked for, whatever this environment says; no Redis."""
-    from bench.repository import PublishedModel
-
-    model = PublishedModel(
-        tmp_path,
+def contract_model(repository: Path) -> PublishedModel:
+    """A published-model record of model `m` version 1 with the contract's preprocessing."""
+    return PublishedModel(
+        repository,
         "m",
         "1",
         "resnet50",
@@ -985,6 +981,13 @@ def test_every_gateway_but_the_cache_stages_runs_with_the_answer_cache_off(
         None,
         "",
     )
+
+
+def test_every_gateway_but_the_cache_stages_runs_with_the_answer_cache_off(
+    tmp_path: Path,
+) -> None:
+    """GATEWAY_CACHE=off unless asked for, whatever this environment says; no Redis."""
+    model = contract_model(tmp_path)
     plain = whole_path.gateway_server(model, "127.0.0.1:1", "k", tmp_path)
     assert plain.env["GATEWAY_CACHE"] == "off" and plain.env["GATEWAY_REDIS_URL"] == ""
     history = whole_path.gateway_server(model, "127.0.0.1:1", "k", tmp_path, {"X": "1"})
@@ -1177,8 +1180,6 @@ def test_cli_runs_the_two_triton_stage_only_when_named(tmp_path: Path) -> None:
     """gateway_two_tritons is accepted by --stages but not in the default list; its failover
     plan is 8 clients in a full run and the highest level, briefly, in smoke; its gateway
     lists both Tritons under its own log name, answer cache off."""
-    from bench.repository import PublishedModel
-
     full = cli.settle(cli.parse_args([]))
     assert "gateway_two_tritons" not in full.stages and "gateway_two_tritons" in ALL_STAGES
     named = cli.settle(cli.parse_args(["--stages", "gateway,gateway_two_tritons"]))
@@ -1186,15 +1187,7 @@ def test_cli_runs_the_two_triton_stage_only_when_named(tmp_path: Path) -> None:
     assert gateway_two_tritons.failover_plan(False, [1, 4, 16]) == FailoverPlan(8, 3.0, 5.0, 1.0)
     smoke = gateway_two_tritons.failover_plan(True, [1, 2])
     assert smoke.clients == 2 and smoke.before_s + smoke.outage_s + smoke.after_s <= 2.0
-    model = PublishedModel(
-        tmp_path,
-        "m",
-        "1",
-        "resnet50",
-        preprocess_from(config_parameters(CONTRACT_CONFIG)),
-        None,
-        "",
-    )
+    model = contract_model(tmp_path)
     server = whole_path.gateway_server(
         model, "127.0.0.1:1,127.0.0.1:2", "k", tmp_path, name="gateway-two-tritons"
     )
