@@ -92,7 +92,9 @@ def parse_target(text: str) -> TritonTarget:
     if value.startswith("dns:"):
         match = _DNS.fullmatch(value)
         if match is None:
-            raise TargetError("a DNS target must look like dns:///triton.visionai.svc.cluster.local:8001")
+            raise TargetError(
+                "a DNS target must look like dns:///triton.visionai.svc.cluster.local:8001"
+            )
         return TritonTarget(text=value, dns_name=Server(match.group(1), _port(match.group(2))))
     parts = [part.strip() for part in value.split(",")]
     if len(parts) > MAX_SERVERS:
