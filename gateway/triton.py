@@ -83,7 +83,6 @@ class TritonBackend:
     ) -> None:
         self._target = parse_target(url)
         self._on_retry = on_retry
-        self._url = url
         self._timeout_s = timeout_s
         self._ready_timeout_s = ready_timeout_s
         self._lock = threading.Lock()
@@ -122,16 +121,17 @@ class TritonBackend:
         if not target.balanced:
             return grpcclient.InferenceServerClient(target.text, channel_args=_CHANNEL_ARGS)
         try:
-            channel_target = target.channel_target()
+            addresses: tuple[Server, ...] = target.addresses()
         except ResolveError as exc:
-            raise UpstreamUnavailable(
-                f"The inference servers cannot be found ({exc}); try again shortly."
-            ) from None
-        try:
-            self._client_addresses = frozenset(target.addresses())
-        except ResolveError:
-            self._client_addresses = frozenset()  # gRPC's own resolver may still find them
-        return grpcclient.InferenceServerClient(channel_target, channel_args=_BALANCED_ARGS)
+            if target.dns_name is None:
+                raise UpstreamUnavailable(
+                    f"The inference servers cannot be found ({exc}); try again shortly."
+                ) from None
+            addresses = ()  # a dns: name: gRPC's own resolver may still find them
+        self._client_addresses = frozenset(addresses)
+        return grpcclient.InferenceServerClient(
+            target.channel_target(addresses), channel_args=_BALANCED_ARGS
+        )
 
     def _forget_client(self, client: grpcclient.InferenceServerClient) -> None:
         # After a connection failure a fresh channel connects at once on the next call
@@ -381,10 +381,9 @@ def merge_indexes(indexes: list[list[ModelVersionState]]) -> list[ModelVersionSt
             key = (row.name, row.version)
             if key not in merged or rank(row) > rank(merged[key]):
                 merged[key] = row
+    present = [{(row.name, row.version) for row in index} for index in indexes]
     for key, row in list(merged.items()):
-        if row.state == "READY" and any(
-            not any((r.name, r.version) == key for r in index) for index in indexes
-        ):
+        if row.state == "READY" and any(key not in keys for keys in present):
             merged[key] = ModelVersionState(
                 name=row.name,
                 version=row.version,

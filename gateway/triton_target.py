@@ -61,13 +61,13 @@ class TritonTarget:
         """True when requests are spread over several servers (a list or a DNS name)."""
         return self.dns_name is not None or len(self.servers) > 1
 
-    def channel_target(self) -> str:
-        """The gRPC target string for one channel (resolving host names of a list now)."""
+    def channel_target(self, addresses: tuple[Server, ...] | None = None) -> str:
+        """The gRPC target string for one channel: a list's `addresses` (resolved now if None)."""
         if self.dns_name is not None:
             return self.text
         if len(self.servers) == 1:
             return str(self.servers[0])
-        return _address_target(self.addresses())
+        return _address_target(addresses if addresses is not None else self.addresses())
 
     def addresses(self) -> tuple[Server, ...]:
         """Every server address now: each list entry's addresses, or the DNS name's records."""
