@@ -270,20 +270,16 @@ def _read_tls(env: _Env) -> dict[str, Path]:
             f"GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together: set {missing} too "
             "(or neither, to serve plain HTTP behind a TLS proxy)"
         )
-    paths = {"tls_cert_file": Path(cert), "tls_key_file": Path(key)}
-    for name, path in (
-        ("TLS_CERT_FILE", paths["tls_cert_file"]),
-        ("TLS_KEY_FILE", paths["tls_key_file"]),
-    ):
+    for name, value in (("TLS_CERT_FILE", cert), ("TLS_KEY_FILE", key)):
         try:
-            with path.open("rb") as handle:
+            with open(value, "rb") as handle:
                 handle.read(1)
         except OSError as exc:
             raise ConfigError(
-                f"{PREFIX}{name}={str(path)!r} cannot be read ({exc.strerror or exc}): "
+                f"{PREFIX}{name}={value!r} cannot be read ({exc.strerror or exc}): "
                 "give a readable PEM file"
             ) from None
-    return paths
+    return {"tls_cert_file": Path(cert), "tls_key_file": Path(key)}
 
 
 class _Env:
